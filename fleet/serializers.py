@@ -1,0 +1,59 @@
+from rest_framework import serializers
+
+from fleet.models import Fleet, Site, Vehicle
+
+
+class FleetSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Fleet
+        fields = ("id", "name", "active", "created_at", "updated_at")
+        read_only_fields = ("created_at", "updated_at")
+
+
+class VehicleSerializer(serializers.ModelSerializer):
+    fleet = serializers.PrimaryKeyRelatedField(queryset=Fleet.objects.all())
+    site = serializers.SlugRelatedField(
+        slug_field="name", queryset=Site.objects.all(), required=False, allow_null=True
+    )
+
+    class Meta:
+        model = Vehicle
+        fields = (
+            "id",
+            "fleet",
+            "site",
+            "cluster",
+            "segment",
+            "is_v2g",
+            "battery_kwh",
+            "max_charge_kw",
+            "max_discharge_kw",
+            "min_soc",
+            "target_soc",
+            "departure_at",
+            "priority",
+            "active",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("created_at", "updated_at")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance is not None and not isinstance(self.instance, list | tuple):
+            self.fields["id"].read_only = True  # ids are in topics and logs
+
+    def validate(self, attrs):
+        fleet = attrs.get("fleet") or getattr(self.instance, "fleet", None)
+        site_name = self.initial_data.get("site") if hasattr(self, "initial_data") else None
+        if site_name and fleet is not None:
+            # Site names are unique per fleet, not globally: resolve within the fleet.
+            site = Site.objects.filter(fleet=fleet, name=site_name).first()
+            if site is None:
+                raise serializers.ValidationError({"site": f"No site {site_name!r} in fleet {fleet.id!r}."})
+            attrs["site"] = site
+        for field in ("min_soc", "target_soc"):
+            value = attrs.get(field)
+            if value is not None and not 0 <= value <= 1:
+                raise serializers.ValidationError({field: "A state of charge is a fraction between 0 and 1."})
+        return attrs

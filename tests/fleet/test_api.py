@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from fleet.models import Fleet, Site, Vehicle
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("integrator", password="pw-integrator-1"))
+    return client
+
+
+@pytest.fixture
+def fleet():
+    fleet = Fleet.objects.create(id="paris-vans", name="Paris vans")
+    Site.objects.create(fleet=fleet, name="Depot")
+    return fleet
+
+
+VEHICLE = {
+    "id": "ev-42",
+    "fleet": "paris-vans",
+    "site": "Depot",
+    "cluster": "north",
+    "segment": "vans",
+    "is_v2g": True,
+    "battery_kwh": 52,
+    "max_charge_kw": 11,
+    "max_discharge_kw": 7.4,
+    "min_soc": 0.3,
+    "target_soc": 0.8,
+}
+
+
+def test_create_list_filter_update_and_delete_a_vehicle(api, fleet):
+    created = api.post("/api/vehicles/", VEHICLE, content_type="application/json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["site"] == "Depot"
+    listing = api.get("/api/vehicles/?fleet_id=paris-vans&cluster=north").json()
+    assert [v["id"] for v in listing["results"]] == ["ev-42"]
+    assert api.get("/api/vehicles/?cluster=south").json()["count"] == 0
+    patched = api.patch(
+        "/api/vehicles/ev-42/", {"active": False, "id": "other"}, content_type="application/json"
+    )
+    assert patched.status_code == 200
+    assert Vehicle.objects.get(id="ev-42").active is False  # and the id did not change
+    assert api.delete("/api/vehicles/ev-42/").status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"min_soc": 30}, "min_soc"),
+        ({"battery_kwh": "big"}, "battery_kwh"),
+        ({"fleet": "nope"}, "fleet"),
+        ({"site": "Nowhere"}, "site"),
+        ({"id": "ev 42/#"}, "id"),
+    ],
+)
+def test_bad_vehicle_is_refused_naming_the_field(api, fleet, change, field):
+    response = api.post("/api/vehicles/", {**VEHICLE, **change}, content_type="application/json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not Vehicle.objects.exists()
+
+
+def test_fleets_endpoint(api):
+    assert (
+        api.post("/api/fleets/", {"id": "lyon", "name": "Lyon"}, content_type="application/json").status_code
+        == 201
+    )
+    assert [f["id"] for f in api.get("/api/fleets/").json()["results"]] == ["lyon"]

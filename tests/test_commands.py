@@ -1,0 +1,137 @@
+"""The project's commands, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT, free_port, subprocess_env, wait_for
+
+
+def manage(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"K_TELEMETRY__MODE": "pusj"}, "telemetry.mode (from environment K_TELEMETRY__MODE)"),
+        ({"K_TELEMETRY__MODEE": "pull"}, "K_TELEMETRY__MODEE: unknown key 'MODEE' in telemetry"),
+        ({"K_MQTT__QOS__COMMAND": "7"}, "mqtt.qos.command (from environment K_MQTT__QOS__COMMAND)"),
+        ({"K_SENTRY__TRACES_SAMPLE_RATE": "2"}, "sentry.traces_sample_rate"),
+    ],
+)
+def test_bad_configuration_stops_start_up_naming_the_key(env, expected):
+    result = manage("check", **env)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_file_given_with_dash_c_is_used_and_validated(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("telemetry:\n  mode: pull\n  interval_seconds: 30\n")
+    result = manage(
+        "-c", str(good), "shell", "-c", "from django.conf import settings; print(settings.V2G.telemetry.mode)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "pull"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("telemetry:\n  interval_seconds: soon\n")
+    result = manage("--config", str(bad), "check")
+    assert result.returncode == 2
+    assert f"telemetry.interval_seconds (in {bad})" in result.stderr
+
+    result = manage("-c", str(tmp_path / "missing.yaml"), "check")
+    assert result.returncode != 0
+    assert "missing.yaml (from -c) does not exist" in result.stderr
+
+
+def test_config_file_from_environment_variable(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text("scheduler:\n  slot_duration_minutes: 30\n")
+    result = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.V2G.scheduler.slot_duration_minutes)",
+        V2G_CONFIG=str(path),
+    )
+    assert result.stdout.strip().splitlines()[-1] == "30", result.stderr
+
+
+def test_migrations_are_complete():
+    result = manage("makemigrations", "--check", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sqlite_is_the_embedded_default(tmp_path):
+    db = tmp_path / "embedded.sqlite3"
+    result = manage("migrate", "--noinput", DATABASE_URL="", K_DATABASE__SQLITE_PATH=str(db))
+    assert result.returncode == 0, result.stderr
+    assert db.exists() and db.stat().st_size > 0
+
+
+@pytest.mark.services
+def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
+    """No Redis reachable: the demo falls back to the filesystem transport; a real
+    worker still answers; the web server serves /healthz; everything stops."""
+    port = free_port()
+    env = subprocess_env(
+        DATABASE_URL="",
+        CELERY_BROKER_URL="",
+        K_DATABASE__SQLITE_PATH=str(tmp_path / "demo.sqlite3"),
+        K_CELERY__BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+        K_CELERY__FILESYSTEM_DIR=str(tmp_path / "celery"),
+    )
+    demo = subprocess.Popen(
+        [sys.executable, "manage.py", "demo", "--port", str(port), "--vehicles", "10", "--duration", "10"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        output = "".join(lines)
+        assert "using the embedded filesystem transport" in output
+        assert re.search(r"ok\s+worker\s+\S+ pid \d+ answered", output), output
+        assert "login admin / v2g-demo" in output
+
+        def healthz():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                    return json.load(response)
+            except OSError:
+                return None
+
+        body = wait_for(healthz, 30, "the demo web server")
+        assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+        lines.extend(demo.stdout)
+        assert demo.wait(timeout=60) == 0, "".join(lines)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    output = "".join(lines)
+    assert "all processes stopped" in output
+    for pid in map(int, re.findall(r"started \w+ \(pid (\d+)", output)):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -1,0 +1,560 @@
+"""The configuration schema and loader (v2g_project.config), and config.example.yaml.
+
+Pure tests: no database, no Django settings. Every call passes an explicit
+environment mapping; os.environ is never read or patched.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from v2g_project.config import Config, ConfigError, load_config, resolve_path
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config.example.yaml"
+
+
+def plain(value: Any) -> Any:
+    """model_dump output with secrets revealed, so secret defaults are compared too."""
+    if isinstance(value, SecretStr):
+        return ("secret", value.get_secret_value())
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def leaf_paths(tree: Any, prefix: tuple = ()) -> set[tuple]:
+    """Key paths to every leaf; a non-empty mapping is walked, anything else is a leaf."""
+    if isinstance(tree, dict) and tree:
+        paths: set[tuple] = set()
+        for key, value in tree.items():
+            paths |= leaf_paths(value, (*prefix, key))
+        return paths
+    return {prefix}
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str | None = None, env: dict[str, str] | None = None) -> Config:
+    path = write(tmp_path, text, "given.yaml") if text is not None else None
+    return load_config(env or {}, path=path, base_dir=tmp_path)
+
+
+def error_of(tmp_path: Path, text: str | None = None, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, env)
+    return str(info.value)
+
+
+# --- config.example.yaml -----------------------------------------------------
+
+
+def test_example_loads_to_exactly_the_defaults(tmp_path):
+    loaded = load_config({}, path=EXAMPLE, base_dir=tmp_path)
+
+    assert plain(loaded.model_dump()) == plain(Config().model_dump())
+    assert loaded == Config()
+
+
+def test_example_documents_every_key_of_the_schema():
+    documented = leaf_paths(yaml.safe_load(EXAMPLE.read_text(encoding="utf-8")))
+    schema = leaf_paths(Config().model_dump(by_alias=True))
+
+    assert schema - documented == set(), "keys missing from config.example.yaml"
+    assert documented - schema == set(), "keys in config.example.yaml unknown to the schema"
+
+
+def test_example_secrets_are_empty():
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    secrets = [
+        data["mqtt"]["password"],
+        data["rte"]["client_secret"],
+        data["sentry"]["dsn"],
+        data["database"]["url"],
+        data["celery"]["result_backend"],
+        data["web"]["secret_key"],
+    ]
+
+    assert secrets == [""] * 6
+
+
+def test_example_every_key_line_has_a_comment():
+    lines = [
+        line
+        for line in EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if re.match(r"^\s+[A-Za-z_]+:\s*\S", line) and not line.lstrip().startswith("#")
+    ]
+    uncommented = [line for line in lines if " # " not in line]
+
+    assert lines
+    assert uncommented == []
+
+
+def test_example_commented_segments_example_is_valid(tmp_path):
+    text = EXAMPLE.read_text(encoding="utf-8")
+    block = re.search(r"^  # segments:.*?\n((?:  #   .*\n)+)", text, re.M)
+    assert block, "commented dispatch.segments example not found"
+    body = "\n".join(
+        "    " + line[len("  #   ") :].split("#")[0].rstrip() for line in block.group(1).splitlines()
+    )
+
+    config = load(tmp_path, "dispatch:\n  segments:\n" + body + "\n")
+
+    (segment,) = config.dispatch.segments.values()
+    assert segment.strategy == "lp"
+    assert segment.weights is not None
+
+
+# --- good inputs ---------------------------------------------------------------
+
+
+def test_no_file_no_environment_gives_defaults(tmp_path):
+    assert load_config({}, base_dir=tmp_path) == Config()
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load(tmp_path, "") == Config()
+
+
+def test_file_values_are_honoured_and_the_rest_defaults(tmp_path):
+    config = load(
+        tmp_path,
+        """
+mqtt:
+  url: ssl://broker.example.com:8883
+  qos: {command: 2}
+telemetry:
+  mode: hybrid
+  interval_seconds: 120
+rteGenerator:
+  enabled: true
+  signal_types: [FCR, aFRR]
+scheduler:
+  slot_duration_minutes: 30
+  run_at: "13:30"
+""",
+    )
+
+    assert config.mqtt.url == "ssl://broker.example.com:8883"
+    assert config.mqtt.tls is True
+    assert (config.mqtt.qos.command, config.mqtt.qos.ack) == (2, 1)
+    assert (config.telemetry.mode, config.telemetry.interval_seconds) == ("hybrid", 120)
+    assert config.telemetry.timeout_seconds == 10.0
+    assert config.rte_generator.enabled is True
+    assert config.rte_generator.signal_types == ["FCR", "aFRR"]
+    assert (config.scheduler.slot_duration_minutes, config.scheduler.run_at) == (30, "13:30")
+    assert config.dispatch == Config().dispatch
+
+
+def test_file_found_as_config_yaml_in_base_dir(tmp_path):
+    write(tmp_path, "telemetry:\n  mode: pull\n")
+
+    assert load_config({}, base_dir=tmp_path).telemetry.mode == "pull"
+
+
+def test_environment_beats_the_file(tmp_path):
+    config = load(
+        tmp_path, "telemetry:\n  mode: pull\n  interval_seconds: 90\n", {"K_TELEMETRY__MODE": "hybrid"}
+    )
+
+    assert config.telemetry.mode == "hybrid"
+    assert config.telemetry.interval_seconds == 90
+
+
+@pytest.mark.parametrize(
+    ("env", "attribute", "expected"),
+    [
+        ({"K_TELEMETRY__MODE": "pull"}, "telemetry.mode", "pull"),
+        ({"K_TELEMETRY__INTERVAL_SECONDS": "300"}, "telemetry.interval_seconds", 300),
+        ({"K_TELEMETRY__ENABLED": "false"}, "telemetry.enabled", False),
+        ({"K_MQTT__QOS__COMMAND": "2"}, "mqtt.qos.command", 2),
+        ({"K_MQTT__LWT_RETAIN": "true"}, "mqtt.lwt_retain", True),
+        ({"K_DISPATCH__MIN_SOC": "0.25"}, "dispatch.min_soc", 0.25),
+        ({"K_DISPATCH__SMART_WEIGHTS__FAIRNESS": "0.6"}, "dispatch.smart_weights.fairness", 0.6),
+        ({"K_SCHEDULER__WEIGHTS__SHORTFALL": "50"}, "scheduler.weights.shortfall", 50.0),
+        ({"K_SCHEDULER__TARGET_PROFILE_KW": "10, -5.5,0"}, "scheduler.target_profile_kw", [10.0, -5.5, 0.0]),
+        ({"K_LOGGING__LEVEL": "debug"}, "logging.level", "DEBUG"),
+        ({"K_SENTRY__TRACES_SAMPLE_RATE": "0.5"}, "sentry.traces_sample_rate", 0.5),
+        ({"K_RTEGENERATOR__ENABLED": "1"}, "rte_generator.enabled", True),
+        ({"K_RTE_GENERATOR__SEED": "7"}, "rte_generator.seed", 7),
+        ({"K_DISPATCH__LP_FIRST": "NEBEF"}, "dispatch.lp_first", ["NEBEF"]),
+        (
+            {"K_WEB__ALLOWED_HOSTS": "v2g.example.com, localhost"},
+            "web.allowed_hosts",
+            ["v2g.example.com", "localhost"],
+        ),
+    ],
+)
+def test_environment_override(tmp_path, env, attribute, expected):
+    value: Any = load(tmp_path, env=env)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+
+    assert value == expected
+
+
+def test_nested_environment_override_keeps_sibling_keys(tmp_path):
+    qos = load(tmp_path, "mqtt:\n  qos: {ack: 0}\n", {"K_MQTT__QOS__COMMAND": "2"}).mqtt.qos
+
+    assert (qos.command, qos.ack, qos.telemetry) == (2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["FCR,aFRR", " FCR , aFRR ", "FCR,aFRR,", "[FCR, aFRR]", '["FCR", "aFRR"]'],
+)
+def test_list_override_comma_separated_or_yaml_flow(tmp_path, raw):
+    config = load(tmp_path, env={"K_RTEGENERATOR__SIGNAL_TYPES": raw})
+
+    assert config.rte_generator.signal_types == ["FCR", "aFRR"]
+
+
+def test_mapping_entry_override_keeps_the_other_entries(tmp_path):
+    config = load(tmp_path, env={"K_DISPATCH__STRATEGIES__aFRR": "lp"})
+
+    assert config.dispatch.strategies == {"FCR": "equal", "aFRR": "lp", "NEBEF": "smart"}
+
+
+def test_mapping_entry_override_adds_to_the_file_entries(tmp_path):
+    config = load(
+        tmp_path, "dispatch:\n  strategies: {mFRR: smart}\n", {"K_DISPATCH__STRATEGIES__aFRR": "lp"}
+    )
+
+    assert config.dispatch.strategies["mFRR"] == "smart"
+    assert config.dispatch.strategies["aFRR"] == "lp"
+    assert config.dispatch.strategies["FCR"] == "equal"
+
+
+def test_segment_override_from_environment(tmp_path):
+    config = load(
+        tmp_path,
+        env={
+            "K_DISPATCH__SEGMENTS__buses__STRATEGY": "lp",
+            "K_DISPATCH__SEGMENTS__buses__WEIGHTS__SOC": "0.9",
+        },
+    )
+
+    segment = config.dispatch.segments["buses"]
+    assert segment.strategy == "lp"
+    assert segment.weights is not None
+    assert (segment.weights.soc, segment.weights.fairness) == (0.9, 0.2)
+
+
+@pytest.mark.parametrize(
+    "var", ["K_TELEMETRY__MODE", "k_telemetry__mode", "K_Telemetry__Mode", "K_TELEMETRY__mode"]
+)
+def test_environment_keys_are_case_insensitive(tmp_path, var):
+    assert load(tmp_path, env={var: "pull"}).telemetry.mode == "pull"
+
+
+@pytest.mark.parametrize("password", ["123456", "0012", "1e3", "true", "null"])
+def test_password_of_digits_or_yaml_words_stays_a_string(tmp_path, password):
+    config = load(tmp_path, env={"K_MQTT__PASSWORD": password})
+
+    assert config.mqtt.password.get_secret_value() == password
+
+
+def test_conventional_urls_map_to_database_and_celery(tmp_path):
+    config = load(
+        tmp_path,
+        "database:\n  url: sqlite:///file.db\n",
+        {
+            "DATABASE_URL": "postgres://v2g:pw@db:5432/v2g",
+            "CELERY_BROKER_URL": "redis://redis:6379/1",
+            "K_CELERY__BROKER_URL": "redis://other:6379/0",
+        },
+    )
+
+    assert config.database.url.get_secret_value() == "postgres://v2g:pw@db:5432/v2g"
+    assert config.celery.broker_url.get_secret_value() == "redis://redis:6379/1"
+
+
+def test_empty_conventional_urls_are_ignored(tmp_path):
+    config = load(tmp_path, env={"DATABASE_URL": "", "CELERY_BROKER_URL": ""})
+
+    assert config.database.url.get_secret_value() == ""
+    assert config.celery.broker_url == Config().celery.broker_url
+
+
+def test_unrelated_environment_variables_are_ignored(tmp_path):
+    env = {"PATH": "/usr/bin", "HOME": "/root", "KUBERNETES_PORT": "tcp://x:443", "V2G_CONFIG": ""}
+
+    assert load(tmp_path, env=env) == Config()
+
+
+def test_production_web_with_a_long_secret_key(tmp_path):
+    key = "x" * 40
+    web = load(tmp_path, env={"K_WEB__DEBUG": "false", "K_WEB__SECRET_KEY": key}).web
+
+    assert (web.debug, web.secret_key.get_secret_value()) == (False, key)
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance ValidationError
+        Config().mqtt.url = "tcp://elsewhere:1883"  # type: ignore[misc]
+
+
+# --- bad inputs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mqqt:\n  url: tcp://x:1883\n", ["mqqt", "unknown key"]),
+        ("telemetry:\n  modee: pull\n", ["telemetry.modee", "unknown key"]),
+        ("mqtt:\n  qos: {commnd: 1}\n", ["mqtt.qos.commnd", "unknown key"]),
+        ("telemetry:\n  interval_seconds: abc\n", ["telemetry.interval_seconds", "'abc'"]),
+        ("telemetry:\n  interval_seconds: 0\n", ["telemetry.interval_seconds", "greater than 0"]),
+        ("telemetry:\n  mode: pusj\n", ["telemetry.mode", "'pusj'"]),
+        ("telemetry:\n  timeout_seconds: 60\n", ["telemetry", "timeout_seconds", "interval_seconds"]),
+        ("mqtt:\n  qos:\n    command: 3\n", ["mqtt.qos.command", "less than or equal to 2"]),
+        ("mqtt:\n  lwt_qos: -1\n", ["mqtt.lwt_qos"]),
+        ("mqtt:\n  url: http://x\n", ["mqtt.url", "http://x"]),
+        ("mqtt:\n  url: tcp://\n", ["mqtt.url"]),
+        ("mqtt:\n  url: tcp://host:99999\n", ["mqtt.url", "port"]),
+        ("mqtt:\n  command_topic: vehicle/command\n", ["mqtt.command_topic", "{vehicle_id}"]),
+        ("mqtt:\n  auth_method: password\n", ["mqtt", "username"]),
+        ("mqtt:\n  auth_method: tls\n", ["mqtt", "client_cert"]),
+        ("mqtt:\n  client_id: ''\n", ["mqtt.client_id"]),
+        ("sentry:\n  traces_sample_rate: 1.5\n", ["sentry.traces_sample_rate", "1.5"]),
+        ("dispatch:\n  min_soc: 20\n", ["dispatch.min_soc"]),
+        ("dispatch:\n  strategies: {FCR: best}\n", ["dispatch.strategies.FCR", "'best'"]),
+        ("dispatch:\n  strategies: {XYZ: lp}\n", ["dispatch.strategies.XYZ", "'XYZ'"]),
+        ("dispatch:\n  segments: {a: {strategy: lp, colour: red}}\n", ["dispatch.segments.a.colour"]),
+        ("dispatch:\n  smart_weights: {soc: -1}\n", ["dispatch.smart_weights.soc"]),
+        ("rteGenerator:\n  min_power_kw: 30\n", ["rteGenerator", "min_power_kw must not exceed"]),
+        ("rteGenerator:\n  min_interval_seconds: 500\n", ["rteGenerator", "min_interval_seconds"]),
+        ("rteGenerator:\n  min_duration_seconds: 700\n", ["rteGenerator", "min_duration_seconds"]),
+        ("rteGenerator:\n  scenario: replay\n", ["rteGenerator", "replay_file"]),
+        ("rteGenerator:\n  signal_types: []\n", ["rteGenerator.signal_types"]),
+        ("rteGenerator:\n  signal_types: [FCR, XYZ]\n", ["rteGenerator.signal_types", "'XYZ'"]),
+        ("scheduler:\n  slot_duration_minutes: 20\n", ["scheduler.slot_duration_minutes", "15, 30 or 60"]),
+        ("scheduler:\n  time_zone: Mars/Olympus\n", ["scheduler.time_zone", "Mars/Olympus"]),
+        ("scheduler:\n  run_at: '25:00'\n", ["scheduler.run_at", "25:00"]),
+        ("logging:\n  level: LOUD\n", ["logging.level"]),
+        ("celery:\n  task_soft_time_limit_s: 300\n", ["celery", "task_soft_time_limit_s"]),
+        ("web:\n  debug: false\n", ["web", "secret_key", "debug"]),
+        ("web:\n  debug: false\n  secret_key: short\n", ["web", "secret_key"]),
+        ("mqtt: tcp://x:1883\n", ["mqtt", "dictionary"]),
+    ],
+)
+def test_bad_file_value_names_the_key_and_the_file(tmp_path, text, expected):
+    message = error_of(tmp_path, text)
+
+    for fragment in [*expected, "given.yaml"]:
+        assert fragment in message
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path):
+    message = error_of(tmp_path, "telemetry:\n  mode: pusj\nmqtt:\n  qos: {command: 3}\nfoo: 1\n")
+
+    assert "telemetry.mode" in message
+    assert "mqtt.qos.command" in message
+    assert "foo" in message
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"K_FOO": "1"}, ["K_FOO", "'FOO'", "unknown key"]),
+        ({"K_FOO__BAR": "1"}, ["K_FOO__BAR", "'FOO'"]),
+        ({"K_TELEMETRY__MODEE": "pull"}, ["K_TELEMETRY__MODEE", "'MODEE'", "telemetry"]),
+        ({"K_MQTT__QOS__COMMANDS": "1"}, ["K_MQTT__QOS__COMMANDS", "mqtt.qos"]),
+        ({"K_TELEMETRY__MODE__X": "1"}, ["K_TELEMETRY__MODE__X", "telemetry.mode", "no sub-keys"]),
+        ({"K_TELEMETRY__MODE": "pusj"}, ["telemetry.mode", "K_TELEMETRY__MODE", "'pusj'"]),
+        (
+            {"K_TELEMETRY__INTERVAL_SECONDS": "abc"},
+            ["telemetry.interval_seconds", "K_TELEMETRY__INTERVAL_SECONDS"],
+        ),
+        ({"K_MQTT__QOS__COMMAND": "3"}, ["mqtt.qos.command", "K_MQTT__QOS__COMMAND"]),
+        ({"K_MQTT__URL": "http://x"}, ["mqtt.url", "K_MQTT__URL"]),
+        (
+            {"K_RTEGENERATOR__SIGNAL_TYPES": "FCR,XYZ"},
+            ["rteGenerator.signal_types", "K_RTEGENERATOR__SIGNAL_TYPES"],
+        ),
+        (
+            {"K_RTEGENERATOR__SIGNAL_TYPES": "[FCR,"},
+            ["rteGenerator.signal_types", "K_RTEGENERATOR__SIGNAL_TYPES"],
+        ),
+        (
+            {"K_DISPATCH__STRATEGIES__aFRR": "best"},
+            ["dispatch.strategies.aFRR", "K_DISPATCH__STRATEGIES__aFRR"],
+        ),
+        (
+            {"K_SENTRY__TRACES_SAMPLE_RATE": "1.5"},
+            ["sentry.traces_sample_rate", "K_SENTRY__TRACES_SAMPLE_RATE"],
+        ),
+        ({"K_WEB__DEBUG": "maybe"}, ["web.debug", "K_WEB__DEBUG"]),
+    ],
+)
+def test_bad_environment_override_names_the_variable(tmp_path, env, expected):
+    message = error_of(tmp_path, env=env)
+
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_debug_off_without_secret_key_from_environment(tmp_path):
+    message = error_of(tmp_path, env={"K_WEB__DEBUG": "false"})
+
+    assert "web" in message
+    assert "secret_key" in message
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    message = error_of(tmp_path, "mqtt: [\n")
+
+    assert "not valid YAML" in message
+    assert "given.yaml" in message
+
+
+@pytest.mark.parametrize("text", ["- mqtt\n- dispatch\n", "just a string\n", "42\n"])
+def test_top_level_must_be_a_mapping(tmp_path, text):
+    message = error_of(tmp_path, text)
+
+    assert "top level must be a mapping" in message
+    assert "given.yaml" in message
+
+
+def test_missing_file_given_explicitly(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml.*-c/--config.*does not exist"):
+        load_config({}, explicit_path=str(tmp_path / "nope.yaml"), base_dir=tmp_path)
+
+
+def test_missing_file_named_by_v2g_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml.*V2G_CONFIG.*does not exist"):
+        load_config({"V2G_CONFIG": str(tmp_path / "nope.yaml")}, base_dir=tmp_path)
+
+
+def test_missing_file_given_as_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.yaml"):
+        load_config({}, path=tmp_path / "nope.yaml", base_dir=tmp_path)
+
+
+# --- secrets never echoed ---------------------------------------------------------
+
+SECRET = "s3cr3t-Value-42"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        (f"mqtt:\n  password: {{value: {SECRET}}}\n", {}, "mqtt.password"),
+        ("mqtt:\n  password: 424242424242\n", {}, "mqtt.password"),
+        (f"mqtt:\n  password: [{SECRET}]\n", {}, "mqtt.password"),
+        (f"database:\n  url: [postgres://u:{SECRET}@h/db]\n", {}, "database.url"),
+        (f"database:\n  url: {{postgres: {SECRET}}}\n", {}, "database.url"),
+        (f"celery:\n  broker_url: [redis://:{SECRET}@h/0]\n", {}, "celery.broker_url"),
+        (f"rte:\n  client_secret: {{x: {SECRET}}}\n", {}, "rte.client_secret"),
+        (f"sentry:\n  dsn: [https://{SECRET}@sentry.example/1]\n", {}, "sentry.dsn"),
+        (f"web:\n  debug: false\n  secret_key: {SECRET}\n", {}, "secret_key"),
+        (f"mqtt:\n  password: {SECRET}\n  pasword: {SECRET}\n", {}, "mqtt.pasword"),
+        (None, {"K_WEB__DEBUG": "false", "K_WEB__SECRET_KEY": SECRET}, "secret_key"),
+        (None, {"K_MQTT__PASSWORD": SECRET, "K_MQTT__AUTH_METHOD": "password"}, "username"),
+    ],
+)
+def test_secrets_are_never_echoed(tmp_path, text, env, key):
+    message = error_of(tmp_path, text, env)
+
+    assert key in message
+    assert SECRET not in message
+    assert "424242424242" not in message
+
+
+# --- resolve_path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("explicit", "env_file", "default_file", "expected"),
+    [
+        ("explicit.yaml", "env.yaml", True, "explicit.yaml"),
+        ("explicit.yaml", None, False, "explicit.yaml"),
+        (None, "env.yaml", True, "env.yaml"),
+        (None, "env.yaml", False, "env.yaml"),
+        (None, None, True, "config.yaml"),
+        (None, None, False, None),
+    ],
+)
+def test_resolve_path_precedence(tmp_path, explicit, env_file, default_file, expected):
+    for name in ("explicit.yaml", "env.yaml"):
+        write(tmp_path, "{}\n", name)
+    if default_file:
+        write(tmp_path, "{}\n", "config.yaml")
+    environ = {"V2G_CONFIG": str(tmp_path / env_file)} if env_file else {}
+    chosen = resolve_path(str(tmp_path / explicit) if explicit else None, environ, tmp_path)
+
+    assert chosen == (tmp_path / expected if expected else None)
+
+
+def test_resolve_path_ignores_a_config_yaml_directory(tmp_path):
+    (tmp_path / "config.yaml").mkdir()
+
+    assert resolve_path(None, {}, tmp_path) is None
+
+
+def test_resolve_path_expands_the_home_directory(tmp_path):
+    home_file = Path("~").expanduser() / ".v2g-test-never-exists.yaml"
+    with pytest.raises(ConfigError, match=re.escape(str(home_file))):
+        resolve_path("~/.v2g-test-never-exists.yaml", {}, tmp_path)
+
+
+def test_explicit_file_beats_v2g_config_when_loading(tmp_path):
+    explicit = write(tmp_path, "telemetry:\n  mode: pull\n", "explicit.yaml")
+    named = write(tmp_path, "telemetry:\n  mode: hybrid\n", "named.yaml")
+    write(tmp_path, "telemetry:\n  enabled: false\n")
+    environ = {"V2G_CONFIG": str(named)}
+
+    assert load_config(environ, explicit_path=str(explicit), base_dir=tmp_path).telemetry.mode == "pull"
+    by_env = load_config(environ, base_dir=tmp_path).telemetry
+    assert (by_env.mode, by_env.enabled) == ("hybrid", True)
+
+
+# --- regressions: defects found in review and fixed ---
+
+
+def test_slot_duration_can_be_overridden_from_environment(tmp_path):
+    config = load(tmp_path, env={"K_SCHEDULER__SLOT_DURATION_MINUTES": "30"})
+
+    assert config.scheduler.slot_duration_minutes == 30
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"K_MQTT__QOS": "1", "K_MQTT__QOS__COMMAND": "2"},
+        {"K_DISPATCH__STRATEGIES": "FCR,lp", "K_DISPATCH__STRATEGIES__aFRR": "lp"},
+    ],
+)
+def test_conflicting_environment_overrides_raise_config_error(tmp_path, env):
+    with pytest.raises(ConfigError):
+        load(tmp_path, env=env)
+
+
+def test_time_zone_naming_a_zoneinfo_directory_is_a_config_error(tmp_path):
+    message = error_of(tmp_path, "scheduler:\n  time_zone: Europe\n")
+
+    assert "scheduler.time_zone" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        (f"database: postgres://u:{SECRET}@h/db\n", {}),
+        (f"sentry: https://{SECRET}@sentry.example/1\n", {}),
+        (None, {"K_DATABASE": f"postgres://u:{SECRET}@h/db"}),
+    ],
+)
+def test_section_given_as_a_scalar_does_not_echo_secrets(tmp_path, text, env):
+    assert SECRET not in error_of(tmp_path, text, env)

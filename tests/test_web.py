@@ -1,0 +1,72 @@
+"""The web endpoints: /healthz, /metrics, /api/ and /admin/."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import free_port, replace
+
+
+@pytest.mark.services
+@pytest.mark.django_db
+def test_healthz_is_ok_when_database_broker_and_mqtt_answer(client):
+    response = client.get("/healthz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"database", "broker", "mqtt"}
+    assert all(check["ok"] for check in body["checks"].values())
+
+
+@pytest.mark.services
+@pytest.mark.django_db
+def test_healthz_is_503_and_names_mqtt_when_the_broker_is_down(client, settings):
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    settings.V2G = replace(
+        settings.V2G, mqtt=replace(settings.V2G.mqtt, url=dead, username="op", password="s3cret-pw")
+    )
+    response = client.get("/healthz")
+    body = response.json()
+    assert response.status_code == 503
+    assert body["status"] == "unavailable"
+    assert body["checks"]["mqtt"]["ok"] is False
+    assert "MQTT broker 127.0.0.1" in body["checks"]["mqtt"]["error"]
+    assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+    assert "s3cret" not in response.content.decode()
+
+
+@pytest.mark.services
+@pytest.mark.django_db
+def test_healthz_is_503_when_the_celery_broker_is_down(client, settings):
+    settings.CELERY_BROKER_URL = f"redis://:pa55word@127.0.0.1:{free_port()}/0"
+    response = client.get("/healthz")
+    body = response.json()
+    assert response.status_code == 503
+    assert body["checks"]["broker"]["ok"] is False
+    assert "Celery broker redis://127.0.0.1" in body["checks"]["broker"]["error"]
+    assert "pa55word" not in response.content.decode()
+
+
+def test_metrics_endpoint_serves_prometheus_text(client):
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(response.content.decode())}
+    assert "process_cpu_seconds" in names or "python_info" in names
+
+
+@pytest.mark.django_db
+def test_api_root_needs_a_login_and_lists_the_registry(client, django_user_model):
+    assert client.get("/api/").status_code == 403
+    user = django_user_model.objects.create_user("operator", password="pw-operator-1")
+    client.force_login(user)
+    body = client.get("/api/", HTTP_ACCEPT="application/json").json()
+    assert {"fleets", "vehicles"} <= set(body)
+
+
+@pytest.mark.django_db
+def test_admin_login_page_and_vehicle_screen(admin_client):
+    assert admin_client.get("/admin/").status_code == 200
+    assert admin_client.get("/admin/fleet/vehicle/").status_code == 200
+    assert admin_client.get("/admin/django_celery_beat/periodictask/").status_code == 200

@@ -1,0 +1,215 @@
+"""The MQTT bridge: one long-lived process that receives what vehicles and
+platform processes publish and hands it, in batches, to the owning app.
+
+Apps contribute routes through ``settings.MQTT_BRIDGE_ROUTE_PROVIDERS`` (dotted
+paths to ``f(config) -> list[Route]``). The paho callback only decodes and
+enqueues (it never blocks the network loop); a separate thread drains the
+queue and calls each route's batch handler, so one database round trip serves
+many messages. A malformed payload is logged with its reason and counted; a
+handler that raises is logged and counted; neither stops the bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from django.db import close_old_connections
+from django.utils.module_loading import import_string
+from prometheus_client import Counter, Gauge
+
+from v2g_project import mqtt
+from v2g_project.config import Config
+
+log = logging.getLogger("v2g.bridge")
+
+MESSAGES = Counter(
+    "mqtt_bridge_messages_total",
+    "MQTT messages received by the bridge, by route and outcome (handled, malformed, error, dropped).",
+    ["route", "outcome"],
+)
+QUEUE_DEPTH = Gauge("mqtt_bridge_queue_depth", "Messages decoded and waiting for their handler.")
+PLATFORM_LOST = Counter(
+    "mqtt_platform_process_lost_total", "Platform MQTT clients whose Last Will was published."
+)
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: dict
+    received_at: datetime
+    duplicate: bool = False  # the broker's DUP flag: a QoS 1 redelivery
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    topic: str  # subscription filter, may contain + and #
+    handler: Callable[[Sequence[Message]], None]
+    qos: int = 1
+
+
+class MalformedPayload(ValueError):
+    pass
+
+
+def payload_decode(raw: bytes) -> dict:
+    """A JSON object, or MalformedPayload saying why not."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise MalformedPayload(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MalformedPayload("payload is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedPayload(f"payload is not JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise MalformedPayload(f"payload is a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def platform_lwt_handle(messages: Sequence[Message]) -> None:
+    """Another platform process died without disconnecting: say so loudly."""
+    for message in messages:
+        PLATFORM_LOST.inc()
+        log.warning(
+            "platform MQTT client lost (Last Will): %s",
+            message.payload.get("client_id", "unknown client"),
+            extra={"lwt": message.payload},
+        )
+
+
+def platform_routes(config: Config) -> list[Route]:
+    if not config.mqtt.lwt_topic:
+        return []
+    return [Route("platform_lwt", config.mqtt.lwt_topic, platform_lwt_handle, qos=config.mqtt.lwt_qos)]
+
+
+def routes_load(config: Config, providers: Sequence[str]) -> list[Route]:
+    routes: list[Route] = []
+    for path in providers:
+        routes.extend(import_string(path)(config))
+    return routes
+
+
+@dataclass
+class Bridge:
+    config: Config
+    routes: list[Route]
+    batch_size: int = 500
+    batch_wait_s: float = 0.02
+    queue_max: int = 100_000
+    _queue: queue.Queue = field(init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _connected: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self._queue = queue.Queue(maxsize=self.queue_max)
+        self.client = mqtt.client_create(self.config.mqtt, "bridge")
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        for route in self.routes:
+            self.client.message_callback_add(route.topic, self._receiver(route))
+        self._worker = threading.Thread(target=self._drain, name="bridge-handler", daemon=True)
+
+    # --- network thread: decode and enqueue only ------------------------------
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connection refused: %s", reason_code)
+            return
+        # Subscribing here, not once at start, makes every reconnect resubscribe.
+        if self.routes:
+            client.subscribe([(route.topic, route.qos) for route in self.routes])
+        log.info("bridge connected; subscribed to %s", ", ".join(r.topic for r in self.routes) or "nothing")
+        self._connected.set()
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("bridge lost the MQTT connection (%s); reconnecting", reason_code)
+
+    def _receiver(self, route: Route):
+        def on_message(_client, _userdata, msg) -> None:
+            try:
+                payload = payload_decode(msg.payload)
+            except MalformedPayload as exc:
+                MESSAGES.labels(route.name, "malformed").inc()
+                log.warning("rejected message on %s: %s", msg.topic, exc)
+                return
+            item = Message(msg.topic, payload, datetime.now(UTC), bool(msg.dup))
+            try:
+                self._queue.put_nowait((route, item))
+            except queue.Full:
+                MESSAGES.labels(route.name, "dropped").inc()
+                log.error("bridge queue full (%d); dropped a message on %s", self.queue_max, msg.topic)
+
+        return on_message
+
+    # --- handler thread: batch and hand off --------------------------------
+
+    def _drain(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            batch = self._collect()
+            QUEUE_DEPTH.set(self._queue.qsize())
+            if batch:
+                self._deliver(batch)
+
+    def _collect(self) -> list[tuple[Route, Message]]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(
+                    self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return batch
+
+    def _deliver(self, batch: list[tuple[Route, Message]]) -> None:
+        by_route: dict[str, list[Message]] = defaultdict(list)
+        routes = {}
+        for route, message in batch:
+            by_route[route.name].append(message)
+            routes[route.name] = route
+        close_old_connections()
+        for name, messages in by_route.items():
+            try:
+                routes[name].handler(messages)
+            except Exception:
+                MESSAGES.labels(name, "error").inc(len(messages))
+                log.exception("route %s failed on a batch of %d message(s)", name, len(messages))
+            else:
+                MESSAGES.labels(name, "handled").inc(len(messages))
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker.start()
+        mqtt.connect(self.client, self.config.mqtt)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no Last Will), then finish what was received."""
+        self._stop.set()
+        mqtt.disconnect(self.client)
+        self._worker.join(timeout=30)
+        close_old_connections()

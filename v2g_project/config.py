@@ -1,0 +1,577 @@
+"""Typed configuration: the schema of config.yaml and how it is loaded.
+
+Pure module: it never reads ``os.environ`` itself. ``v2g_project.settings``
+(the only module that reads the environment) passes the environment in, which
+keeps loading testable without monkeypatching.
+
+Precedence, lowest first: defaults < YAML file < ``K_<SECTION>__<KEY>``
+environment variables < the conventional ``DATABASE_URL`` and
+``CELERY_BROKER_URL`` variables. Any unknown key, wrong type or out-of-range
+value raises :class:`ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "K_"
+ENV_CONFIG_PATH = "V2G_CONFIG"
+# Set by Knative / Cloud Run in every container; not ours, never an override.
+FOREIGN_K_VARIABLES = frozenset({"K_SERVICE", "K_REVISION", "K_CONFIGURATION"})
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+SignalType = Literal["FCR", "aFRR", "mFRR", "MA", "NEBEF", "EcoWatt"]
+SIGNAL_TYPES: tuple[str, ...] = typing.get_args(SignalType)
+Strategy = Literal["equal", "smart", "lp"]
+Fallback = Literal["noop", "balanced", "probabilistic"]
+Qos = Annotated[int, Field(ge=0, le=2)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names every offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- mqtt --------------------------------------------------------------------
+
+MQTT_SCHEMES = {"tcp", "mqtt", "ssl", "mqtts", "ws", "wss"}
+
+
+class QosConfig(Section):
+    command: Qos = 1
+    ack: Qos = 1
+    telemetry: Qos = 0
+
+
+class MqttConfig(Section):
+    url: str = "tcp://127.0.0.1:1883"
+    client_id: str = Field("v2g", min_length=1, max_length=40)
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    auth_method: Literal["none", "password", "tls"] = "none"
+    use_tls: bool = False
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    command_topic: str = "vehicle/{vehicle_id}/command"
+    ack_topic: str = "vehicle/+/ack"
+    qos: QosConfig = QosConfig()
+    lwt_topic: str = "v2g/lwt"
+    lwt_payload: str = '{"status": "offline", "client_id": "{client_id}"}'
+    lwt_qos: Qos = 1
+    lwt_retain: bool = False
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    backoff_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    max_inflight: Annotated[int, Field(ge=1, le=65_535)] = 1000
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in MQTT_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"expected scheme://host[:port] with scheme one of {', '.join(sorted(MQTT_SCHEMES))}"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError("bad port") from exc
+        return value
+
+    @field_validator("command_topic")
+    @classmethod
+    def _command_topic(cls, value: str) -> str:
+        if "{vehicle_id}" not in value:
+            raise ValueError("must contain the {vehicle_id} placeholder")
+        return value
+
+    @model_validator(mode="after")
+    def _auth(self) -> MqttConfig:
+        if self.auth_method == "password" and not self.username:
+            raise ValueError("auth_method 'password' needs mqtt.username")
+        if self.auth_method == "tls" and not (self.client_cert and self.client_key):
+            raise ValueError("auth_method 'tls' needs mqtt.client_cert and mqtt.client_key")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.use_tls or urlsplit(self.url).scheme in {"ssl", "mqtts", "wss"}
+
+
+# --- dispatch ----------------------------------------------------------------
+
+
+class SmartWeights(Section):
+    soc: NonNegFloat = 0.5
+    availability: NonNegFloat = 0.3
+    fairness: NonNegFloat = 0.2
+
+
+class SegmentConfig(Section):
+    strategy: Strategy | None = None
+    weights: SmartWeights | None = None
+
+
+class DispatchConfig(Section):
+    ack_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    default_strategy: Strategy = "equal"
+    strategies: dict[SignalType, Strategy] = Field(
+        default_factory=lambda: {"FCR": "equal", "aFRR": "equal", "NEBEF": "smart"}
+    )
+    lp_first: list[SignalType] = Field(default_factory=list)
+    fallback: Fallback = "balanced"
+    max_fallback_rounds: Annotated[int, Field(ge=0, le=10)] = 2
+    enable_soc_constraints: bool = True
+    min_soc: Fraction = 0.2
+    safe_discharge_floor: Fraction = 0.3
+    smart_weights: SmartWeights = SmartWeights()
+    segments: dict[str, SegmentConfig] = Field(default_factory=dict)
+    publish_expires_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+
+# --- metrics, telemetry, logging --------------------------------------------
+
+
+class MetricsConfig(Section):
+    emission_factor: Annotated[float, Field(ge=0, le=2000)] = 21.7
+    prometheus_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    multiproc_dir: str = ""
+    kpi_days_exposed: Annotated[int, Field(ge=1, le=366)] = 7
+
+
+class TelemetryConfig(Section):
+    enabled: bool = True
+    mode: Literal["push", "pull", "hybrid"] = "push"
+    interval_seconds: PositiveInt = 60
+    request_topic: str = "v2g/telemetry/request"
+    response_topic_prefix: str = "v2g/telemetry/response"
+    state_topic_prefix: str = "v2g/vehicle/state"
+    discovery_topic: str = "v2g/fleet/discovery"
+    discovery_response_prefix: str = "v2g/fleet/response"
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    stale_after_seconds: PositiveInt = 300
+    retention_days: PositiveInt = 30
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> TelemetryConfig:
+        if self.timeout_seconds >= self.interval_seconds:
+            raise ValueError(
+                f"timeout_seconds ({self.timeout_seconds}) must be below "
+                f"interval_seconds ({self.interval_seconds})"
+            )
+        return self
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    backend: Literal["sqlite", "jsonl"] = "sqlite"
+    jsonl_path: str = "var/dispatch_log.jsonl"
+    max_size_mb: Annotated[int, Field(ge=1, le=100_000)] = 100
+    max_backups: Annotated[int, Field(ge=0, le=1000)] = 5
+    max_age_days: PositiveInt = 30
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+# --- RTE ---------------------------------------------------------------------
+
+
+class RteConfig(Section):
+    mode: Literal["mock", "client"] = "mock"
+    base_url: str = "http://127.0.0.1:8090"
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    poll_interval_seconds: PositiveInt = 60
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+
+Scenario = Literal["steady", "ramp", "burst", "random_walk", "afrr", "fcr_frequency", "replay"]
+
+
+class RteGeneratorConfig(Section):
+    enabled: bool = False
+    scenario: Scenario = "steady"
+    min_interval_seconds: Annotated[float, Field(gt=0)] = 120
+    max_interval_seconds: Annotated[float, Field(gt=0)] = 300
+    min_duration_seconds: Annotated[float, Field(gt=0)] = 120
+    max_duration_seconds: Annotated[float, Field(gt=0)] = 600
+    min_power_kw: float = 5.0
+    max_power_kw: float = 25.0
+    signal_types: list[SignalType] = Field(default_factory=lambda: ["FCR"], min_length=1)
+    jitter_pct: Annotated[float, Field(ge=0, le=100)] = 15.0
+    seed: int = 42
+    replay_file: str = ""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RteGeneratorConfig:
+        for low, high in (
+            ("min_interval_seconds", "max_interval_seconds"),
+            ("min_duration_seconds", "max_duration_seconds"),
+            ("min_power_kw", "max_power_kw"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} must not exceed {high}")
+        if self.scenario == "replay" and not self.replay_file:
+            raise ValueError("scenario 'replay' needs replay_file")
+        return self
+
+
+# --- scheduler, sentry ------------------------------------------------------
+
+
+class ObjectiveWeights(Section):
+    shortfall: NonNegFloat = 1000.0
+    degradation: NonNegFloat = 1.0
+    fairness: NonNegFloat = 0.1
+
+
+class SchedulerConfig(Section):
+    slot_duration_minutes: int = 15  # 15, 30 or 60 (checked below; int so env strings convert)
+    target_energy_kwh: NonNegFloat = 100.0
+    target_profile_kw: list[float] = Field(default_factory=list)
+    time_zone: str = "Europe/Paris"
+    run_at: str = "12:00"
+    weights: ObjectiveWeights = ObjectiveWeights()
+
+    @field_validator("slot_duration_minutes")
+    @classmethod
+    def _slot(cls, value: int) -> int:
+        if value not in (15, 30, 60):
+            raise ValueError("must be 15, 30 or 60 (minutes)")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        hours, _, minutes = value.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+            raise ValueError(f"expected local time HH:MM, got {value!r}")
+        return value
+
+
+class SentryConfig(Section):
+    dsn: SecretStr = SecretStr("")
+    environment: str = "development"
+    traces_sample_rate: Fraction = 0.0
+    release: str = ""
+
+
+# --- platform sections (not in SPEC §13, needed to run) ---------------------
+
+
+class DatabaseConfig(Section):
+    # Empty: an SQLite file at sqlite_path (the embedded default).
+    url: SecretStr = SecretStr("")
+    sqlite_path: str = "var/v2g.sqlite3"
+    conn_max_age_s: Annotated[int, Field(ge=0, le=3600)] = 60
+
+
+class CeleryConfig(Section):
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    result_backend: SecretStr = SecretStr("")  # empty: same as broker_url
+    # Used with broker_url "filesystem://" (the embedded demo transport, no server).
+    filesystem_dir: str = "var/celery"
+    task_time_limit_s: PositiveInt = 300
+    task_soft_time_limit_s: PositiveInt = 240
+    visibility_timeout_s: PositiveInt = 3600
+
+    @model_validator(mode="after")
+    def _limits(self) -> CeleryConfig:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        return self
+
+
+class WebConfig(Section):
+    secret_key: SecretStr = SecretStr("")  # empty: a development key, refused when debug is off
+    debug: bool = True
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
+    health_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+    @model_validator(mode="after")
+    def _secret(self) -> WebConfig:
+        if not self.debug and len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("secret_key of at least 32 characters is required when debug is false")
+        return self
+
+
+class Config(Section):
+    mqtt: MqttConfig = MqttConfig()
+    dispatch: DispatchConfig = DispatchConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    logging: LoggingConfig = LoggingConfig()
+    rte: RteConfig = RteConfig()
+    rte_generator: RteGeneratorConfig = Field(default_factory=RteGeneratorConfig, alias="rteGenerator")
+    scheduler: SchedulerConfig = SchedulerConfig()
+    sentry: SentryConfig = SentryConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    celery: CeleryConfig = CeleryConfig()
+    web: WebConfig = WebConfig()
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional/Annotated so the caller sees the model, dict or scalar type."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(args[0]) if len(args) == 1 else annotation
+    return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _field(model: type[BaseModel], part: str) -> tuple[str, Any] | None:
+    """Find a field by name or alias, case-insensitively: (key to use, annotation)."""
+    for name, info in model.model_fields.items():
+        if part.lower() in (name.lower(), (info.alias or name).lower()):
+            return info.alias or name, info.annotation
+    return None
+
+
+def _annotation_at(loc: tuple) -> Any:
+    annotation: Any = Config
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        annotation = _unwrap(annotation)
+        if _is_model(annotation):
+            found = _field(annotation, str(part))
+            if found is None:
+                return None
+            annotation = found[1]
+        elif typing.get_origin(annotation) is dict:
+            key_type, value_type = typing.get_args(annotation)
+            if parts and parts[0] == "[key]":  # pydantic's loc for a bad mapping key
+                parts.pop(0)
+                annotation = key_type
+            else:
+                annotation = value_type
+        elif typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return None
+    return _unwrap(annotation)
+
+
+def _is_collection(annotation: Any) -> bool:
+    return typing.get_origin(_unwrap(annotation)) in (list, dict, tuple, set)
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """Turn an environment string into what the field expects.
+
+    Scalars stay strings (pydantic converts "10" or "true" itself, and a
+    password of digits stays a string); lists and mappings are read as YAML
+    flow (``[FCR, aFRR]``, ``{FCR: lp}``) or, for lists, comma-separated.
+    """
+    if not _is_collection(annotation):
+        return raw
+    text = raw.strip()
+    if text.startswith(("[", "{")):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return raw  # let validation report it against the key
+    if typing.get_origin(_unwrap(annotation)) is dict:
+        return raw  # a mapping needs the {key: value} form; validation says so
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple, str]]:
+    """Collect ``K_<SECTION>__<KEY>[__<SUBKEY>]`` variables into a nested dict.
+
+    Returns the overrides and, for error messages, the variable that set each
+    key path. Unknown sections or keys raise ConfigError naming the variable.
+    Below a mapping keyed by data (``dispatch.strategies``, ``dispatch.segments``)
+    the part is taken as the key itself: ``K_DISPATCH__STRATEGIES__aFRR=lp``.
+    """
+    tree: dict[str, Any] = {}
+    origins: dict[tuple, str] = {}
+    problems: list[str] = []
+    for var in sorted(environ):
+        if not var.upper().startswith(ENV_PREFIX) or var in FOREIGN_K_VARIABLES:
+            continue
+        parts = var[len(ENV_PREFIX) :].split("__")
+        annotation: Any = Config
+        node, path = tree, []
+        for depth, part in enumerate(parts):
+            annotation = _unwrap(annotation)
+            if _is_model(annotation):
+                found = _field(annotation, part)
+                if found is None:
+                    where = ".".join(path) or "the top level"
+                    known = ", ".join(info.alias or name for name, info in annotation.model_fields.items())
+                    problems.append(f"{var}: unknown key {part!r} in {where} (known: {known})")
+                    break
+                key, annotation = found
+            elif typing.get_origin(annotation) is dict:
+                key, annotation = part, typing.get_args(annotation)[1]
+            else:
+                problems.append(f"{var}: {'.'.join(path)} has no sub-keys")
+                break
+            path.append(key)
+            if depth == len(parts) - 1:
+                if isinstance(node.get(key), dict):
+                    problems.append(f"{var}: {'.'.join(path)} is also set key by key by other variables")
+                    break
+                node[key] = _env_value(environ[var], annotation)
+                origins[tuple(path)] = var
+            else:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    problems.append(f"{var}: {'.'.join(path)} is also set as a whole by another variable")
+                    break
+    if problems:
+        raise ConfigError("invalid environment override:\n  " + "\n  ".join(problems))
+    return tree, origins
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if value is None and isinstance(merged.get(key), Mapping):
+            continue  # "section:" with every key commented out: keep the defaults
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    return data
+
+
+def resolve_path(explicit: str | None, environ: Mapping[str, str], base_dir: Path) -> Path | None:
+    """The file to read: -c/--config, else $V2G_CONFIG, else ./config.yaml if present."""
+    chosen = explicit or environ.get(ENV_CONFIG_PATH)
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            source = "-c/--config" if explicit else ENV_CONFIG_PATH
+            raise ConfigError(f"config file {path} (from {source}) does not exist")
+        return path
+    default = base_dir / DEFAULT_CONFIG_FILE
+    return default if default.is_file() else None
+
+
+def _redact(value: Any) -> Any:
+    """Hide the user:password part of a URL-looking value."""
+    if isinstance(value, str) and "://" in value and "@" in value:
+        scheme, _, rest = value.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return value
+
+
+def _describe(loc: tuple, path: Path | None, origins: dict[tuple, str]) -> str:
+    dotted = ".".join(str(part) for part in loc)
+    for length in range(len(loc), 0, -1):
+        if loc[:length] in origins:
+            return f"{dotted} (from environment {origins[loc[:length]]})"
+    return f"{dotted} (in {path})" if path else dotted
+
+
+def load_config(
+    environ: Mapping[str, str],
+    *,
+    path: Path | None = None,
+    explicit_path: str | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Build and validate the configuration, or raise ConfigError naming each bad key."""
+    if path is None:
+        path = resolve_path(explicit_path, environ, base_dir or Path.cwd())
+    # Start from the defaults so that overriding one entry of a mapping
+    # (K_DISPATCH__STRATEGIES__aFRR=lp) keeps the other entries.
+    data = Config().model_dump(by_alias=True)
+    from_file = read_yaml(path) if path else {}
+    if "rte_generator" in from_file and "rteGenerator" not in from_file:
+        from_file["rteGenerator"] = from_file.pop("rte_generator")
+    data = _merge(data, from_file)
+    overrides, origins = env_overrides(environ)
+    data = _merge(data, overrides)
+    # Conventional variables used by every Django/Celery deployment tool.
+    for var, section, key in (
+        ("DATABASE_URL", "database", "url"),
+        ("CELERY_BROKER_URL", "celery", "broker_url"),
+    ):
+        if environ.get(var):
+            data = _merge(data, {section: {key: environ[var]}})
+            origins[(section, key)] = var
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            given = error.get("input")
+            # Echo only plain values: never a secret, nor a whole section
+            # given as a scalar (it may be a URL with a password in it).
+            target = _annotation_at(error["loc"])
+            plain = target is not None and not (
+                target is SecretStr or _is_model(target) or _is_collection(target)
+            )
+            echo = plain and not isinstance(given, dict) and error["type"] != "extra_forbidden"
+            shown = f" (got {_redact(given)!r})" if echo and "input" in error else ""
+            lines.append(f"{_describe(error['loc'], path, origins)}: {message}{shown}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

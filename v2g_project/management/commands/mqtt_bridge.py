@@ -1,0 +1,54 @@
+"""Run the MQTT bridge: ``python manage.py mqtt_bridge``.
+
+Long-lived: reconnects and resubscribes by itself; SIGTERM or Ctrl-C stops it
+cleanly (DISCONNECT sent, so its Last Will is not published; received
+messages are handled before exit).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from prometheus_client import start_http_server
+
+from v2g_project.bridge import Bridge, routes_load
+from v2g_project.mqtt import MqttUnavailable
+
+
+class Command(BaseCommand):
+    help = "Receive acks, telemetry and platform messages over MQTT and record them."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--batch-size", type=int, default=500, help="Messages per handler call (default 500)."
+        )
+        parser.add_argument(
+            "--batch-wait-ms", type=int, default=20, help="How long to gather a batch (default 20 ms)."
+        )
+
+    def handle(self, *args, batch_size: int, batch_wait_ms: int, **options):
+        if batch_size < 1 or batch_wait_ms < 0:
+            raise CommandError("--batch-size must be >= 1 and --batch-wait-ms >= 0")
+        config = settings.V2G
+        if config.metrics.prometheus_port:
+            start_http_server(config.metrics.prometheus_port, addr="127.0.0.1")
+        bridge = Bridge(
+            config,
+            routes_load(config, settings.MQTT_BRIDGE_ROUTE_PROVIDERS),
+            batch_size=batch_size,
+            batch_wait_s=batch_wait_ms / 1000,
+        )
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            bridge.start()
+        except MqttUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"mqtt bridge running: {', '.join(r.topic for r in bridge.routes)}")
+        stop.wait()
+        self.stdout.write("mqtt bridge stopping")
+        bridge.stop()

@@ -1,0 +1,215 @@
+"""Django settings: the only module that reads the environment.
+
+Everything tunable comes from the typed configuration (config.yaml, the file
+named by -c/--config or $V2G_CONFIG, and K_<SECTION>__<KEY> overrides); see
+v2g_project/config.py and config.example.yaml. Other modules read
+``django.conf.settings.V2G`` (a frozen, validated Config) and never os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+from v2g_project.config import ConfigError, load_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+try:
+    V2G = load_config(os.environ, base_dir=BASE_DIR)
+except ConfigError as exc:
+    # A clear message and a non-zero exit beat a traceback from deep in Django.
+    sys.stderr.write(f"v2g: {exc}\n")
+    raise SystemExit(2) from None
+
+DEV_SECRET_KEY = "django-insecure-v2g-development-only-never-in-production"
+SECRET_KEY = V2G.web.secret_key.get_secret_value() or DEV_SECRET_KEY
+DEBUG = V2G.web.debug
+ALLOWED_HOSTS = list(V2G.web.allowed_hosts)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_celery_beat",
+    "v2g_project",
+    "fleet",
+    "telemetry",
+    "dispatch",
+    "scheduler",
+    "kpis",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "v2g_project.urls"
+WSGI_APPLICATION = "v2g_project.wsgi.application"
+ASGI_APPLICATION = "v2g_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database: SQLite file by default, PostgreSQL (or any URL) when set ------
+
+_db_url = V2G.database.url.get_secret_value()
+if _db_url:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            _db_url, conn_max_age=V2G.database.conn_max_age_s, conn_health_checks=True
+        )
+    }
+else:
+    _sqlite = Path(V2G.database.sqlite_path)
+    _sqlite = _sqlite if _sqlite.is_absolute() else BASE_DIR / _sqlite
+    _sqlite.parent.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _sqlite,
+            # Web, worker, beat and bridge share the file: WAL lets readers run
+            # beside one writer, IMMEDIATE transactions avoid upgrade deadlocks.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # A file (not :memory:) so a real worker process can share the test DB.
+            "TEST": {"NAME": str(_sqlite.with_name("test_" + _sqlite.name))},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"  # storage and payloads are UTC; market days use V2G.scheduler.time_zone
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+if not DEBUG:
+    # Served by WhiteNoise from STATIC_ROOT (run collectstatic; the Dockerfile does).
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+
+# --- REST framework ------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+}
+
+# --- Celery (read by v2g_project.celery through the CELERY_ namespace) ---------
+
+CELERY_BROKER_URL = V2G.celery.broker_url.get_secret_value()
+CELERY_RESULT_BACKEND = V2G.celery.result_backend.get_secret_value() or CELERY_BROKER_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": V2G.celery.visibility_timeout_s}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The embedded transport: queues are files, shared by every process on this machine.
+    _fs = Path(V2G.celery.filesystem_dir)
+    _fs = _fs if _fs.is_absolute() else BASE_DIR / _fs
+    for _sub in ("queue", "processed", "results", "control"):
+        (_fs / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_fs / "queue"),
+        "data_folder_out": str(_fs / "queue"),
+        "processed_folder": str(_fs / "processed"),
+        "control_folder": str(_fs / "control"),
+        "store_processed": False,
+    }
+    if CELERY_RESULT_BACKEND == CELERY_BROKER_URL:
+        CELERY_RESULT_BACKEND = f"file://{_fs / 'results'}"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+CELERY_TASK_TIME_LIMIT = V2G.celery.task_time_limit_s
+CELERY_TASK_SOFT_TIME_LIMIT = V2G.celery.task_soft_time_limit_s
+CELERY_TASK_TRACK_STARTED = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": V2G.celery.visibility_timeout_s}
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- MQTT bridge: apps add their routes (acks, telemetry) here ---------------------
+
+MQTT_BRIDGE_ROUTE_PROVIDERS = ["v2g_project.bridge.platform_routes"]
+
+# --- logging -----------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": V2G.logging.format},
+    },
+    "root": {"handlers": ["console"], "level": V2G.logging.level},
+    "loggers": {
+        "django": {"level": "INFO" if V2G.logging.level == "DEBUG" else V2G.logging.level},
+    },
+}
+
+# --- Sentry (off unless a DSN is configured) -------------------------------------
+
+if V2G.sentry.dsn.get_secret_value():
+    from v2g_project.observability import sentry_init
+
+    sentry_init(V2G.sentry)

@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from fleet.api import FleetViewSet, VehicleViewSet
+from v2g_project.health import healthz
+from v2g_project.metrics import metrics_view
+
+router = DefaultRouter()
+router.register("fleets", FleetViewSet, basename="fleet")
+router.register("vehicles", VehicleViewSet, basename="vehicle")
+
+admin.site.site_header = "v2g operator console"
+admin.site.site_title = "v2g"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include(router.urls)),
+    path("api-auth/", include("rest_framework.urls")),
+    path("metrics", metrics_view, name="metrics"),
+    path("healthz", healthz, name="healthz"),
+]
