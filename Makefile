@@ -10,9 +10,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The test suite runs on PostgreSQL, the production database (scripts/services.sh makes the role).
 TEST_DATABASE_URL ?= postgres://v2g:v2g@127.0.0.1:5432/v2g
+# Its own Redis database, so a demo or dev worker on db 0 never takes the tests' tasks.
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: help venv services test test-fast lint format check migrate demo run-web run-worker run-beat run-bridge health clean
+.PHONY: help venv services test test-fast lint format check migrate demo run-web run-worker run-beat run-bridge health bench clean
 
 help:
 	@echo "make demo      run web, worker, beat and MQTT bridge on embedded defaults"
@@ -20,6 +22,7 @@ help:
 	@echo "make lint      ruff lint and format check; make check: migrations and Django checks"
 	@echo "make run-web | run-worker | run-beat | run-bridge   one process in the foreground"
 	@echo "make health    check database, broker, MQTT and a live worker"
+	@echo "make bench     dispatch fan-out against the raw MQTT round trip (bench/results/)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
@@ -34,7 +37,7 @@ services:
 	bash scripts/services.sh
 
 test: venv services
-	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Pure-logic tests only: no servers needed.
 test-fast: venv
@@ -72,6 +75,10 @@ run-bridge: venv
 
 health: venv
 	$(PY) manage.py health --worker
+
+# Benchmarks print figures and write bench/results/*.json (see bench/README.md).
+bench: venv services
+	$(PY) -m bench.dispatch_fanout --vehicles 1000 10000
 
 clean:
 	rm -rf var/celery .pytest_cache coverage

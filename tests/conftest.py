@@ -127,19 +127,23 @@ def unique_topic() -> str:
     return f"v2g-test/{secrets.token_hex(6)}"
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict]:
-    """A real Celery worker process (prefork, 2 children) on its own queue,
-    using the same broker and the same test database as the tests."""
-    queue = f"test-{secrets.token_hex(4)}"
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = subprocess_env(
+# Dispatch timings for the processes the tests start: short enough to test timeouts quickly.
+TEST_PROCESS_ENV = {
+    "K_DISPATCH__ACK_TIMEOUT_SECONDS": "2",
+    "K_MQTT__BACKOFF_MS": "50",
+}
+
+
+def start_worker(log_path: Path, queue: str, concurrency: int = 2, **env: str) -> subprocess.Popen:
+    """A real Celery worker process (prefork) on ``queue``, using the same broker
+    and the same test database as the tests."""
+    environment = subprocess_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]),
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        **{**TEST_PROCESS_ENV, **env},
     )
-    node = f"{queue}@%h"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -150,35 +154,75 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory) -> Itera
                 "--pool",
                 "prefork",
                 "--concurrency",
-                "2",
+                str(concurrency),
                 "--queues",
                 queue,
                 "--hostname",
-                node,
+                f"{queue}-{secrets.token_hex(3)}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel",
                 "INFO",
             ],
             cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def worker_ready(queue: str, log_path: Path) -> None:
+    from v2g_project.tasks import health_ping
+
+    try:
+        health_ping.apply_async(args=["ready"], queue=queue).get(timeout=90)
+    except Exception as exc:
+        raise RuntimeError(f"worker did not start: {exc}\n{log_path.read_text()[-4000:]}") from exc
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict]:
+    """The worker of the platform: consumes the default queue (the broker of the
+    tests is their own Redis database, see the Makefile), purged first."""
+    from v2g_project.celery import app
+
+    queue = app.conf.task_default_queue
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = start_worker(log_path, queue)
+    try:
+        worker_ready(queue, log_path)
+        yield {"queue": queue, "process": proc, "log": log_path}
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def mqtt_bridge(django_db_setup, tmp_path_factory) -> Iterator[dict]:
+    """The MQTT bridge process, recording into the test database."""
+    log_path = tmp_path_factory.mktemp("bridge") / "bridge.log"
+    env = subprocess_env(DATABASE_URL=database_url(settings.DATABASES["default"]), **TEST_PROCESS_ENV)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "mqtt_bridge", "--batch-wait-ms", "5"],
+            cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    info = {"queue": queue, "process": proc, "log": log_path}
     try:
-        from v2g_project.tasks import health_ping
-
-        result = health_ping.apply_async(args=["ready"], queue=queue)
-        try:
-            result.get(timeout=90)
-        except Exception as exc:
-            raise RuntimeError(f"worker did not start: {exc}\n{log_path.read_text()[-4000:]}") from exc
-        yield info
+        wait_for(lambda: "bridge connected" in log_path.read_text(), 30, "the bridge to connect")
+        yield {"process": proc, "log": log_path}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

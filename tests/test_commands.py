@@ -135,3 +135,17 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
     for pid in map(int, re.findall(r"started \w+ \(pid (\d+)", output)):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_signal_submit_from_the_command_line(tmp_path):
+    env = {"DATABASE_URL": "", "K_DATABASE__SQLITE_PATH": str(tmp_path / "cli.sqlite3")}
+    assert manage("migrate", "--noinput", **env).returncode == 0
+    bad = manage(
+        "signal_submit", "--type", "FCR", "--power-kw", "10", "--duration-s", "60", "--fleet", "nope", **env
+    )
+    assert bad.returncode == 1 and "fleet_id: no fleet 'nope'" in bad.stderr
+    bad = manage("signal_submit", "--type", "XYZ", "--power-kw", "10", "--duration-s", "60", **env)
+    assert bad.returncode == 2 and "invalid choice: 'XYZ'" in bad.stderr
+    good = manage("signal_submit", "--type", "mFRR", "--power-kw", "-10", "--duration-s", "60", **env)
+    assert good.returncode == 0, good.stderr
+    assert re.search(r"^signal [0-9a-f-]{36}\ndispatch [0-9a-f-]{36}$", good.stdout.strip())

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.utils.module_loading import import_string
 from prometheus_client import Counter, Gauge
 
@@ -109,6 +109,7 @@ class Bridge:
     batch_size: int = 500
     batch_wait_s: float = 0.02
     queue_max: int = 100_000
+    retry_for_s: float = 30.0
     _queue: queue.Queue = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _connected: threading.Event = field(default_factory=threading.Event, init=False)
@@ -141,15 +142,10 @@ class Bridge:
 
     def _receiver(self, route: Route):
         def on_message(_client, _userdata, msg) -> None:
+            # Only timestamp and enqueue: decoding happens in the handler thread,
+            # so this thread (which also sends the PUBACKs) drains the socket fast.
             try:
-                payload = payload_decode(msg.payload)
-            except MalformedPayload as exc:
-                MESSAGES.labels(route.name, "malformed").inc()
-                log.warning("rejected message on %s: %s", msg.topic, exc)
-                return
-            item = Message(msg.topic, payload, datetime.now(UTC), bool(msg.dup))
-            try:
-                self._queue.put_nowait((route, item))
+                self._queue.put_nowait((route, msg.topic, msg.payload, time.time(), bool(msg.dup)))
             except queue.Full:
                 MESSAGES.labels(route.name, "dropped").inc()
                 log.error("bridge queue full (%d); dropped a message on %s", self.queue_max, msg.topic)
@@ -165,7 +161,7 @@ class Bridge:
             if batch:
                 self._deliver(batch)
 
-    def _collect(self) -> list[tuple[Route, Message]]:
+    def _collect(self) -> list[tuple]:
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
@@ -182,21 +178,54 @@ class Bridge:
                 break
         return batch
 
-    def _deliver(self, batch: list[tuple[Route, Message]]) -> None:
+    def _deliver(self, batch: list[tuple]) -> None:
         by_route: dict[str, list[Message]] = defaultdict(list)
         routes = {}
-        for route, message in batch:
-            by_route[route.name].append(message)
-            routes[route.name] = route
-        close_old_connections()
-        for name, messages in by_route.items():
+        for route, topic, raw, received, dup in batch:
             try:
-                routes[name].handler(messages)
-            except Exception:
-                MESSAGES.labels(name, "error").inc(len(messages))
-                log.exception("route %s failed on a batch of %d message(s)", name, len(messages))
-            else:
+                payload = payload_decode(raw)
+            except MalformedPayload as exc:
+                MESSAGES.labels(route.name, "malformed").inc()
+                log.warning("rejected message on %s: %s", topic, exc)
+                continue
+            by_route[route.name].append(Message(topic, payload, datetime.fromtimestamp(received, UTC), dup))
+            routes[route.name] = route
+        for name, messages in by_route.items():
+            if self._handle(routes[name], messages):
                 MESSAGES.labels(name, "handled").inc(len(messages))
+            else:
+                MESSAGES.labels(name, "error").inc(len(messages))
+
+    def _handle(self, route: Route, messages: list[Message]) -> bool:
+        """Hand a batch to its route. A database error is retried with backoff for
+        up to retry_for_s: the messages are already acknowledged to the broker, so
+        giving up at the first blip would lose them. Handlers are idempotent."""
+        started, delay = time.monotonic(), 0.2
+        while True:
+            close_old_connections()  # a connection broken by the last failure is replaced
+            try:
+                route.handler(messages)
+                return True
+            except Exception as exc:  # a bad batch must not kill the bridge
+                transient = isinstance(exc, DatabaseError)  # a bug would fail again: do not stall on it
+                if (
+                    not transient
+                    or time.monotonic() - started + delay > self.retry_for_s
+                    or self._stop.is_set()
+                ):
+                    log.exception(
+                        "route %s failed on a batch of %d message(s); giving up on it",
+                        route.name,
+                        len(messages),
+                    )
+                    return False
+                log.warning(
+                    "route %s failed on a batch of %d message(s); retrying in %.1f s",
+                    *(route.name, len(messages), delay),
+                    exc_info=True,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # --- lifecycle -------------------------------------------------------------
 

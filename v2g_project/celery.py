@@ -29,7 +29,9 @@ def _fresh_mqtt_after_fork(**_: object) -> None:
 
 
 @worker_process_shutdown.connect
-def _close_mqtt(**_: object) -> None:
+def _close_mqtt(pid: int | None = None, **_: object) -> None:
     from v2g_project import mqtt
+    from v2g_project.metrics import process_exited
 
     mqtt.publisher_close()
+    process_exited(pid or os.getpid())

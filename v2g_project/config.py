@@ -160,7 +160,7 @@ class DispatchConfig(Section):
 class MetricsConfig(Section):
     emission_factor: Annotated[float, Field(ge=0, le=2000)] = 21.7
     prometheus_port: Annotated[int, Field(ge=0, le=65_535)] = 0
-    multiproc_dir: str = ""
+    multiproc_dir: str = "var/prometheus"
     kpi_days_exposed: Annotated[int, Field(ge=1, le=366)] = 7
 
 

@@ -25,6 +25,13 @@ except ConfigError as exc:
     sys.stderr.write(f"v2g: {exc}\n")
     raise SystemExit(2) from None
 
+# Prometheus multiprocess mode: every process (web, each Celery child, bridge)
+# writes its metrics under one directory that /metrics aggregates. Must be set
+# before prometheus_client is first imported, which happens after settings.
+PROMETHEUS_MULTIPROC_DIR = BASE_DIR / V2G.metrics.multiproc_dir  # an absolute path stays as it is
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+
 DEV_SECRET_KEY = "django-insecure-v2g-development-only-never-in-production"
 SECRET_KEY = V2G.web.secret_key.get_secret_value() or DEV_SECRET_KEY
 DEBUG = V2G.web.debug
@@ -183,7 +190,11 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 # --- MQTT bridge: apps add their routes (acks, telemetry) here ---------------------
 
-MQTT_BRIDGE_ROUTE_PROVIDERS = ["v2g_project.bridge.platform_routes"]
+MQTT_BRIDGE_ROUTE_PROVIDERS = [
+    "v2g_project.bridge.platform_routes",
+    "telemetry.bridge.routes",
+    "dispatch.bridge.routes",
+]
 
 # --- logging -----------------------------------------------------------------
 

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
+from dispatch.api import DispatchViewSet, SignalViewSet
 from fleet.api import FleetViewSet, VehicleViewSet
 from v2g_project.health import healthz
 from v2g_project.metrics import metrics_view
@@ -9,6 +10,8 @@ from v2g_project.metrics import metrics_view
 router = DefaultRouter()
 router.register("fleets", FleetViewSet, basename="fleet")
 router.register("vehicles", VehicleViewSet, basename="vehicle")
+router.register("signals", SignalViewSet, basename="signal")
+router.register("dispatches", DispatchViewSet, basename="dispatch")
 
 admin.site.site_header = "v2g operator console"
 admin.site.site_title = "v2g"

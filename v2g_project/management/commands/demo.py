@@ -27,6 +27,7 @@ from django.db import transaction
 
 from fleet.models import Fleet, Site, Vehicle
 from v2g_project import health
+from v2g_project.metrics import multiproc_dir_wipe
 
 DEMO_USER, DEMO_PASSWORD = "admin", "v2g-demo"
 DEMO_FLEET = "demo"
@@ -54,6 +55,8 @@ class Command(BaseCommand):
         self.log_dir = self.base / "var" / "log"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
+        # Every process this demo starts writes its metrics here; start from zero.
+        multiproc_dir_wipe(Path(settings.PROMETHEUS_MULTIPROC_DIR))
         self.say("preparing the database")
         call_command("migrate", interactive=False, verbosity=0)
         self._seed(vehicles)

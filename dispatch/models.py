@@ -1,0 +1,201 @@
+"""Signals, dispatch rounds, per-vehicle commands and the dispatch log (SPEC §4, §9).
+
+Sign (SPEC §2): positive power = energy delivered to the grid (discharge),
+negative = absorbed (charging). Every id that crosses a process boundary
+(signal, dispatch, command) is a UUID.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from fleet.models import Fleet, Vehicle
+
+
+class SignalType(models.TextChoices):
+    FCR = "FCR"
+    AFRR = "aFRR"
+    MFRR = "mFRR"
+    MA = "MA"
+    NEBEF = "NEBEF"
+    ECOWATT = "EcoWatt"
+
+
+class SignalSource(models.TextChoices):
+    API = "api"
+    CLI = "cli"
+    ADMIN = "admin"
+    GENERATOR = "generator"
+    RTE = "rte"
+    PLAN = "plan"
+
+
+class FlexibilitySignal(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    signal_type = models.CharField(max_length=16, choices=SignalType.choices)
+    power_kw = models.FloatField(help_text="Signed: positive = to the grid (discharge), negative = charging.")
+    start_at = models.DateTimeField()
+    duration_s = models.FloatField()
+    valid_until = models.DateTimeField(help_text="Setpoints expire then; defaults to start + duration.")
+    source = models.CharField(max_length=16, choices=SignalSource.choices, default=SignalSource.API)
+    fleet = models.ForeignKey(Fleet, on_delete=models.PROTECT, null=True, blank=True, related_name="signals")
+    external_id = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="The sender's id (RTE order, generator sequence): submissions dedupe on it.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(duration_s__gt=0), name="signal_duration_positive"),
+            models.UniqueConstraint(
+                fields=["source", "external_id"],
+                condition=~Q(external_id=""),
+                name="signal_unique_external_id",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.signal_type} {self.power_kw:+.1f} kW @ {self.start_at:%Y-%m-%d %H:%M:%S}"
+
+
+class DispatchStatus(models.TextChoices):
+    PENDING = "pending"  # allocation not done yet
+    COLLECTING = "collecting"  # commands out, waiting for acks
+    COMPLETED = "completed"  # everything acknowledged
+    PARTIAL = "partial"  # some power not acknowledged
+    FAILED = "failed"  # nothing acknowledged
+    NO_VEHICLES = "no_vehicles"  # nobody eligible
+    ZERO_POWER = "zero_power"  # nothing to do, nothing sent
+
+
+FINAL_DISPATCH = (
+    DispatchStatus.COMPLETED,
+    DispatchStatus.PARTIAL,
+    DispatchStatus.FAILED,
+    DispatchStatus.NO_VEHICLES,
+    DispatchStatus.ZERO_POWER,
+)
+
+
+class Dispatch(models.Model):
+    """One allocation round of a signal: round 0, then fallback rounds 1, 2, ..."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    signal = models.ForeignKey(FlexibilitySignal, on_delete=models.CASCADE, related_name="dispatches")
+    round = models.PositiveSmallIntegerField(default=0)
+    strategy = models.CharField(max_length=32, blank=True)
+    target_kw = models.FloatField(help_text="Power this round must place (signed).")
+    allocated_kw = models.FloatField(default=0.0)
+    acknowledged_kw = models.FloatField(default=0.0)
+    status = models.CharField(
+        max_length=16, choices=DispatchStatus.choices, default=DispatchStatus.PENDING, db_index=True
+    )
+    excluded = models.JSONField(default=dict, blank=True, help_text="vehicle id -> why it was not selected")
+    deadline_at = models.DateTimeField(null=True, blank=True, help_text="Acks are awaited until then.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "dispatches"
+        constraints = [
+            models.UniqueConstraint(fields=["signal", "round"], name="dispatch_one_per_round"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.signal_id} round {self.round} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_DISPATCH
+
+
+class CommandStatus(models.TextChoices):
+    PENDING = "pending"
+    PUBLISHED = "published"
+    ACKED = "acked"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"  # could not be published (retries exhausted, or expired first)
+
+
+OPEN_COMMAND = (CommandStatus.PENDING, CommandStatus.PUBLISHED)
+
+
+class Command(models.Model):
+    """One setpoint for one vehicle in one dispatch round."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, help_text="command_id")
+    # No separate FK indexes: (dispatch, vehicle) and (vehicle, valid_until) lead with them.
+    dispatch = models.ForeignKey(Dispatch, on_delete=models.CASCADE, related_name="commands", db_index=False)
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="commands", db_index=False)
+    power_kw = models.FloatField(help_text="Absolute setpoint sent to the vehicle (signed).")
+    allocated_kw = models.FloatField(help_text="This round's share of its target carried by the command.")
+    score = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=CommandStatus.choices, default=CommandStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    valid_until = models.DateTimeField()
+    published_at = models.DateTimeField(null=True, blank=True)
+    acked_at = models.DateTimeField(null=True, blank=True)
+    latency_s = models.FloatField(null=True, blank=True, help_text="Publish to ack, seconds.")
+    reason = models.CharField(max_length=200, blank=True)
+    publish_batch = models.PositiveIntegerField(
+        default=0, help_text="Commands of a dispatch are published in batches; a task names its batch."
+    )
+    late_ack_at = models.DateTimeField(null=True, blank=True, help_text="An ack that came after the timeout.")
+
+    class Meta:
+        ordering = ["vehicle_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["dispatch", "vehicle"], name="command_one_per_vehicle_per_round"),
+        ]
+        # No index on status, published_at or acked_at: a command's status changes
+        # three times in seconds, and with none of them indexed (and fillfactor
+        # 70 on PostgreSQL, see migration 0003) those updates stay HOT: no index
+        # is rewritten. Queries by status go through the dispatch first.
+        indexes = [
+            models.Index(fields=["valid_until"], name="command_in_force"),
+            models.Index(fields=["vehicle", "valid_until"], name="command_vehicle_in_force"),
+            models.Index(fields=["dispatch", "publish_batch"], name="command_batch"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle_id} {self.power_kw:+.2f} kW ({self.status})"
+
+
+class DispatchLogEntry(models.Model):
+    """The durable dispatch log (SPEC §9): one record per vehicle per dispatch round,
+    written when the round is final. Idempotent by command id."""
+
+    at = models.DateTimeField()
+    command_id = models.UUIDField(unique=True)
+    dispatch_id = models.UUIDField(db_index=True)
+    signal_id = models.UUIDField()
+    signal_type = models.CharField(max_length=16)
+    target_kw = models.FloatField()
+    vehicle_id = models.CharField(max_length=64)
+    allocated_kw = models.FloatField()
+    setpoint_kw = models.FloatField()
+    status = models.CharField(max_length=16)
+    acknowledged = models.BooleanField()
+    ack_latency_s = models.FloatField(null=True)
+    fallback_round = models.PositiveSmallIntegerField()
+    score = models.FloatField(null=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name_plural = "dispatch log"
+        indexes = [
+            models.Index(fields=["at"], name="dlog_at"),
+            models.Index(fields=["vehicle_id", "at"], name="dlog_vehicle_at"),
+            models.Index(fields=["signal_type", "at"], name="dlog_type_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.vehicle_id} {self.status}"

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from dispatch.models import Dispatch, FlexibilitySignal, SignalType
+
+
+class SignalCreateSerializer(serializers.Serializer):
+    signal_type = serializers.ChoiceField(choices=SignalType.choices)
+    power_kw = serializers.FloatField(
+        help_text="Signed kW: positive = to the grid (discharge), negative = charging."
+    )
+    duration_s = serializers.FloatField(min_value=0.001, help_text="Seconds.")
+    start_at = serializers.DateTimeField(required=False, help_text="ISO 8601 with offset; default now.")
+    valid_until = serializers.DateTimeField(
+        required=False, help_text="Setpoints expire then; default start+duration."
+    )
+    fleet_id = serializers.CharField(required=False, allow_null=True, help_text="Only this fleet's vehicles.")
+    external_id = serializers.CharField(required=False, allow_blank=True, max_length=128)
+
+
+class SignalCreatedSerializer(serializers.Serializer):
+    signal_id = serializers.UUIDField()
+    dispatch_id = serializers.UUIDField()
+    url = serializers.URLField()
+
+
+class SignalSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = FlexibilitySignal
+        fields = ("id", "signal_type", "power_kw", "start_at", "duration_s", "valid_until", "source", "fleet")
+
+
+class RoundSerializer(serializers.ModelSerializer):
+    dispatch_id = serializers.UUIDField(source="id")
+    excluded_vehicles = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dispatch
+        fields = (
+            "dispatch_id",
+            "round",
+            "strategy",
+            "target_kw",
+            "allocated_kw",
+            "acknowledged_kw",
+            "status",
+            "excluded_vehicles",
+            "deadline_at",
+            "created_at",
+            "finished_at",
+        )
+
+    def get_excluded_vehicles(self, obj: Dispatch) -> int:
+        return len(obj.excluded)
+
+
+class CommandSerializer(serializers.Serializer):
+    command_id = serializers.UUIDField()
+    round = serializers.IntegerField()
+    vehicle_id = serializers.CharField()
+    power_kw = serializers.FloatField()
+    allocated_kw = serializers.FloatField()
+    status = serializers.CharField()
+    attempts = serializers.IntegerField()
+    published_at = serializers.DateTimeField(allow_null=True)
+    acked_at = serializers.DateTimeField(allow_null=True)
+    latency_s = serializers.FloatField(allow_null=True)
+    reason = serializers.CharField(allow_blank=True)
+
+
+class DispatchDetailSerializer(serializers.Serializer):
+    dispatch_id = serializers.UUIDField()
+    signal = SignalSerializer()
+    status = serializers.CharField()
+    requested_kw = serializers.FloatField()
+    allocated_kw = serializers.FloatField()
+    acknowledged_kw = serializers.FloatField()
+    rounds = RoundSerializer(many=True)
+    commands = CommandSerializer(many=True)
