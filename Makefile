@@ -19,6 +19,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo      run web, worker, beat and MQTT bridge on embedded defaults"
 	@echo "make test      start/install Redis, Mosquitto, PostgreSQL if needed, then run all tests"
+	@echo "               (on PostgreSQL; the dispatch pipeline once more on SQLite)"
 	@echo "make lint      ruff lint and format check; make check: migrations and Django checks"
 	@echo "make run-web | run-worker | run-beat | run-bridge   one process in the foreground"
 	@echo "make health    check database, broker, MQTT and a live worker"
@@ -38,6 +39,9 @@ services:
 
 test: venv services
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	@echo "--- the dispatch pipeline again on SQLite, the embedded default"
+	env -u DATABASE_URL CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest $(PYTEST_ARGS) \
+		tests/dispatch/test_pipeline.py tests/telemetry
 
 # Pure-logic tests only: no servers needed.
 test-fast: venv

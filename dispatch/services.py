@@ -180,8 +180,20 @@ def policy_from_config(cfg: DispatchConfig) -> domain.Policy:
     )
 
 
-def vehicle_states(signal: FlexibilitySignal, now: datetime) -> list[domain.VehicleState]:
-    """The fleet as the allocator sees it: registry + latest state + commitments."""
+VEHICLE_COLUMNS = (
+    *("id", "segment", "is_v2g", "active", "battery_kwh", "max_charge_kw", "max_discharge_kw"),
+    *("min_soc", "target_soc", "priority", "state__soc", "available"),
+)
+
+
+def vehicle_states(
+    signal: FlexibilitySignal, now: datetime, *, with_history: bool = True
+) -> list[domain.VehicleState]:
+    """The fleet as the allocator sees it: registry + latest state + commitments.
+
+    ``with_history`` adds participation and ack rate over the last day (for
+    smart, lp and probabilistic); equal split needs neither.
+    """
     stale_before = now - timedelta(seconds=settings.V2G.telemetry.stale_after_seconds)
     vehicles = Vehicle.objects.active()
     if signal.fleet_id:
@@ -192,44 +204,68 @@ def vehicle_states(signal: FlexibilitySignal, now: datetime) -> list[domain.Vehi
             Q(state__plugged_in=True, state__online=True, state__received_at__gte=stale_before),
             output_field=BooleanField(),
         )
-    ).values(
-        *("id", "segment", "is_v2g", "active", "battery_kwh", "max_charge_kw", "max_discharge_kw"),
-        *("min_soc", "target_soc", "priority", "state__soc", "available"),
-    )
+    ).values_list(*VEHICLE_COLUMNS)
     committed = set(
         Command.objects.filter(valid_until__gt=now, status__in=(*OPEN_COMMAND, CommandStatus.ACKED))
         .exclude(dispatch__signal_id=signal.id)
         .values_list("vehicle_id", flat=True)
     )
-    history = {
-        row["vehicle_id"]: row
-        for row in Command.objects.filter(dispatch__created_at__gte=now - timedelta(days=1))
-        .values("vehicle_id")
-        .annotate(total=Count("id"), acked=Count("id", filter=Q(status=CommandStatus.ACKED)))
-    }
+    history: dict[str, tuple[int, int]] = {}
+    if with_history:
+        history = {
+            vehicle_id: (total, acked)
+            for vehicle_id, total, acked in Command.objects.filter(valid_until__gte=now - timedelta(days=1))
+            .values("vehicle_id")
+            .annotate(total=Count("id"), acked=Count("id", filter=Q(status=CommandStatus.ACKED)))
+            .values_list("vehicle_id", "total", "acked")
+        }
     states = []
-    for row in rows:
-        past = history.get(row["id"])
+    for (
+        vid,
+        segment,
+        is_v2g,
+        active,
+        battery,
+        charge,
+        discharge,
+        min_soc,
+        target,
+        priority,
+        soc,
+        available,
+    ) in rows:
+        total, acked = history.get(vid, (0, 0))
         states.append(
             domain.VehicleState(
-                vehicle_id=row["id"],
-                segment=row["segment"],
-                is_v2g=row["is_v2g"],
-                active=row["active"],
-                available=bool(row["available"]),
-                soc=row["state__soc"],
-                battery_kwh=row["battery_kwh"],
-                max_charge_kw=row["max_charge_kw"],
-                max_discharge_kw=row["max_discharge_kw"],
-                min_soc=row["min_soc"],
-                target_soc=row["target_soc"],
-                priority=row["priority"],
-                committed=row["id"] in committed,
-                participation=float(past["total"]) if past else 0.0,
-                ack_rate=(past["acked"] / past["total"]) if past else 1.0,
+                vehicle_id=vid,
+                segment=segment,
+                is_v2g=is_v2g,
+                active=active,
+                available=bool(available),
+                soc=soc,
+                battery_kwh=battery,
+                max_charge_kw=charge,
+                max_discharge_kw=discharge,
+                min_soc=min_soc,
+                target_soc=target,
+                priority=priority,
+                committed=vid in committed,
+                participation=float(total),
+                ack_rate=acked / total if total else 1.0,
             )
         )
     return states
+
+
+def _needs_history(policy: domain.Policy, signal_type: str, round_: int) -> bool:
+    """Whether any strategy that may run uses participation or ack rates."""
+    if round_ > 0:
+        return policy.fallback == "probabilistic"
+    if signal_type in policy.lp_first:
+        return True
+    strategies = {policy.strategies.get(signal_type, policy.default_strategy)}
+    strategies |= {segment.strategy for segment in policy.segments.values() if segment.strategy}
+    return strategies != {"equal"}
 
 
 def _signal_end(signal: FlexibilitySignal) -> datetime:
@@ -286,7 +322,9 @@ def dispatch_allocate(dispatch_id: str | uuid.UUID) -> str:
             duration_s=max(1.0, (end - max(now, signal.start_at)).total_seconds()),
         )
         policy = policy_from_config(cfg.dispatch)
-        states = vehicle_states(signal, now)
+        states = vehicle_states(
+            signal, now, with_history=_needs_history(policy, signal.signal_type, dispatch.round)
+        )
         already = acked_setpoints(signal.id) if dispatch.round else {}
         if dispatch.round == 0:
             allocation = domain.allocate(spec, states, policy)
@@ -403,13 +441,18 @@ def commands_publish(
     *,
     dispatch_id: str | None = None,
     batch: int | None = None,
+    redelivered: bool = False,
 ) -> PublishOutcome:
-    """Publish pending commands in one go; report which need a per-vehicle retry.
+    """Publish commands in one go; report which need a per-vehicle retry.
 
     The commands are one publish batch of a dispatch (the first attempt) or
-    explicit ids (retries, the sweep). Only commands still pending are sent (a
-    duplicate task run sends nothing twice). A setpoint past its
-    ``valid_until`` is never sent.
+    explicit ids (retries, the sweep). They are claimed (pending -> published,
+    with ``published_at``) in one locked UPDATE before sending: a duplicate
+    task run finds nothing left to claim, and one status write per command is
+    saved. ``redelivered`` (the task came back after its worker died) also
+    re-sends commands it had claimed and no vehicle acked yet: a vehicle may
+    then get a command twice, which its command id makes harmless. A setpoint
+    past its ``valid_until`` is never sent.
     """
     cfg = settings.V2G
     now = timezone.now()
@@ -417,13 +460,22 @@ def commands_publish(
         scope = Command.objects.filter(dispatch_id=dispatch_id, publish_batch=batch)
     else:
         scope = Command.objects.filter(id__in=command_ids)
-    pending = scope.filter(status=CommandStatus.PENDING)
-    expired = pending.filter(valid_until__lte=now).update(
-        status=CommandStatus.FAILED, reason="setpoint expired before it could be published"
-    )
-    # Only the few columns that differ per command: the signal's fields are
-    # the same for a whole batch and are read once per dispatch.
-    live = list(pending.values_list("id", "vehicle_id", "power_kw", "dispatch_id"))
+    claimable = (CommandStatus.PENDING, CommandStatus.PUBLISHED) if redelivered else (CommandStatus.PENDING,)
+    with transaction.atomic():
+        expired = scope.filter(status__in=claimable, valid_until__lte=now).update(
+            status=CommandStatus.FAILED, reason="setpoint expired before it could be published"
+        )
+        open_ = scope.filter(status__in=claimable, valid_until__gt=now)
+        # Only the columns that differ per command: the signal's fields are
+        # the same for a whole batch and are read once per dispatch.
+        live = list(
+            open_.select_for_update(skip_locked=True).values_list(
+                "id", "vehicle_id", "power_kw", "dispatch_id"
+            )
+        )
+        if live:
+            # published_at before sending: an ack can arrive before this task ends.
+            open_.update(status=CommandStatus.PUBLISHED, published_at=now, attempts=F("attempts") + 1)
     if not live:
         return PublishOutcome(0, [], 0, expired)
     encoders = {
@@ -441,8 +493,6 @@ def commands_publish(
             "id", "signal__signal_type", "signal__start_at", "signal__duration_s", "signal__valid_until"
         )
     }
-    # published_at before sending: an ack can arrive before the PUBACK is processed.
-    pending.update(published_at=now, attempts=F("attempts") + 1)
     sent: list[tuple[tuple, object]] = []
     error = ""
     topic_template, qos = cfg.mqtt.command_topic, cfg.mqtt.qos.command
@@ -465,10 +515,7 @@ def commands_publish(
     failed = [row for row, info in sent if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS]
     attempted = {row[0] for row, _info in sent}
     failed += [row for row in live if row[0] not in attempted]
-    if ok:
-        published = pending.exclude(id__in=[row[0] for row in failed]) if failed else pending
-        published.update(status=CommandStatus.PUBLISHED)
-        PUBLISH_SUCCESS.inc(len(ok))
+    PUBLISH_SUCCESS.inc(len(ok))
     retrying, given_up = [], []
     if failed:
         PUBLISH_FAILURE.inc(len(failed))
@@ -476,13 +523,17 @@ def commands_publish(
             "publish failed for %d command(s) (attempt %d): %s",
             len(failed),
             attempt + 1,
-            error or "no PUBACK",
+            error or "rejected by paho",
         )
         for row in failed:
             (retrying if attempt < cfg.mqtt.max_retries else given_up).append(str(row[0]))
+        # Back to pending for the retry (unless an ack already came).
+        Command.objects.filter(id__in=retrying, status=CommandStatus.PUBLISHED).update(
+            status=CommandStatus.PENDING
+        )
         if given_up:
-            why = error or "no PUBACK from the broker"
-            Command.objects.filter(id__in=given_up, status=CommandStatus.PENDING).update(
+            why = error or "the MQTT client refused the message"
+            Command.objects.filter(id__in=given_up, status=CommandStatus.PUBLISHED).update(
                 status=CommandStatus.FAILED,
                 reason=f"publish failed after {attempt + 1} attempt(s): {why}"[:200],
             )

@@ -36,7 +36,10 @@ def commands_publish_task(
     """Publish one batch of a dispatch (or explicit commands); failed vehicles are
     retried on their own (a new task with just them) with exponential backoff
     and jitter, up to mqtt.max_retries, on the queue this batch came from."""
-    outcome = services.commands_publish(command_ids, attempt, dispatch_id=dispatch_id, batch=batch)
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    outcome = services.commands_publish(
+        command_ids, attempt, dispatch_id=dispatch_id, batch=batch, redelivered=redelivered
+    )
     if outcome.retrying:
         delay = services.publish_retry_delay_s(attempt, settings.V2G.mqtt.backoff_ms)
         queue = (self.request.delivery_info or {}).get("routing_key")

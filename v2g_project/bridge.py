@@ -122,6 +122,7 @@ class Bridge:
         for route in self.routes:
             self.client.message_callback_add(route.topic, self._receiver(route))
         self._worker = threading.Thread(target=self._drain, name="bridge-handler", daemon=True)
+        self._network = mqtt.ReceiveLoop(self.client, self.config.mqtt)
 
     # --- network thread: decode and enqueue only ------------------------------
 
@@ -230,8 +231,14 @@ class Bridge:
     # --- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
+        """Connect and run; raises MqttUnavailable when the broker refuses or is
+        unreachable at start (later losses are reconnected by the loop)."""
         self._worker.start()
-        mqtt.connect(self.client, self.config.mqtt)
+        self._network.start()
+        if not self._connected.wait(self.config.mqtt.connect_timeout_s):
+            self._network.stop()
+            endpoint = mqtt.endpoint_parse(self.config.mqtt)
+            raise mqtt.MqttUnavailable(f"MQTT broker {endpoint.host}:{endpoint.port}: no CONNACK in time")
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
@@ -239,6 +246,6 @@ class Bridge:
     def stop(self) -> None:
         """Disconnect cleanly (no Last Will), then finish what was received."""
         self._stop.set()
-        mqtt.disconnect(self.client)
+        self._network.stop()
         self._worker.join(timeout=30)
         close_old_connections()
