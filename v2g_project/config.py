@@ -309,6 +309,8 @@ class CeleryConfig(Section):
     result_backend: SecretStr = SecretStr("")  # empty: same as broker_url
     # Used with broker_url "filesystem://" (the embedded demo transport, no server).
     filesystem_dir: str = "var/celery"
+    # The queue tasks are sent to and a worker consumes when not told otherwise.
+    default_queue: str = Field("celery", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
     task_time_limit_s: PositiveInt = 300
     task_soft_time_limit_s: PositiveInt = 240
     visibility_timeout_s: PositiveInt = 3600

@@ -172,6 +172,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
     if CELERY_RESULT_BACKEND == CELERY_BROKER_URL:
         CELERY_RESULT_BACKEND = f"file://{_fs / 'results'}"
+CELERY_TASK_DEFAULT_QUEUE = V2G.celery.default_queue
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
