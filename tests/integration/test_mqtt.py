@@ -82,37 +82,41 @@ def test_unreachable_broker_gives_a_clear_error_without_credentials(mqtt_cfg):
     assert "hunter2" not in message and "fleet-op" not in message
 
 
+LWT_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, django
+    django.setup()
+    from django.conf import settings
+    from v2g_project import mqtt
+    cfg = settings.V2G.mqtt.model_validate(
+        {**settings.V2G.mqtt.model_dump(), "lwt_topic": sys.argv[2], "lwt_payload": sys.argv[1]}
+    )
+    client = mqtt.client_create(cfg, "lwt-test")
+    mqtt.connect(client, cfg)
+    if sys.argv[1] == "clean":
+        mqtt.disconnect(client)
+        print("done", flush=True)
+    else:
+        print("connected", flush=True)
+        os.kill(os.getpid(), 9)
+    """
+)
+
+
+def platform_process_ends(lwt_topic: str, **env: str) -> None:
+    """A platform process connects with its Last Will on ``lwt_topic``, once
+    stopping cleanly, once killed with SIGKILL."""
+    for mode in ("clean", "killed"):
+        proc = subprocess.run(
+            [sys.executable, "-c", LWT_SCRIPT, mode, lwt_topic],
+            cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert proc.stdout.strip() in ("done", "connected"), proc.stderr
+
+
 def test_last_will_fires_on_abrupt_death_and_not_on_clean_exit(mqtt_cfg, subscribe):
     lwt_topic = f"v2g-test/lwt/{secrets.token_hex(4)}"
     inbox = subscribe(lwt_topic)
-    script = textwrap.dedent(
-        f"""
-        import os, sys, django
-        django.setup()
-        from django.conf import settings
-        from v2g_project import mqtt
-        cfg = settings.V2G.mqtt.model_validate(
-            {{**settings.V2G.mqtt.model_dump(), "lwt_topic": {lwt_topic!r}, "lwt_payload": sys.argv[1]}}
-        )
-        client = mqtt.client_create(cfg, "lwt-test")
-        mqtt.connect(client, cfg)
-        if sys.argv[1] == "clean":
-            mqtt.disconnect(client)
-            print("done", flush=True)
-        else:
-            print("connected", flush=True)
-            os.kill(os.getpid(), 9)
-        """
-    )
-    for mode in ("clean", "killed"):
-        proc = subprocess.run(
-            [sys.executable, "-c", script, mode],
-            cwd=ROOT,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert proc.stdout.strip() in ("done", "connected"), proc.stderr
+    platform_process_ends(lwt_topic)
     payloads = [m.payload.decode() for m in inbox.wait(1)]
     assert payloads == ["killed"]  # only the abrupt death was announced

@@ -197,6 +197,18 @@ def test_a_wrong_password_is_refused_and_never_echoed(broker, mqtt_cfg, caplog):
     assert "Wr0ng-secret" not in repr(cfg)  # SecretStr: not even in a config dump
 
 
+def test_last_will_over_tls_on_death_only(broker, mqtt_cfg):
+    from tests.integration.test_mqtt import platform_process_ends
+
+    listener = connected(broker.cfg(mqtt_cfg))
+    try:
+        inbox = subscribe(listener, "v2g/lwt-secure")
+        platform_process_ends("v2g/lwt-secure", **broker.env())
+        assert [m.payload for m in inbox.wait(1)] == [b"killed"]
+    finally:
+        mqtt.disconnect(listener)
+
+
 def test_plain_tcp_to_a_tls_listener_does_not_silently_work(broker, mqtt_cfg):
     cfg = broker.cfg(mqtt_cfg, url=f"tcp://localhost:{broker.tls_port}", use_tls=False, ca_bundle="")
     with pytest.raises(mqtt.MqttUnavailable):
