@@ -14,18 +14,19 @@ TEST_DATABASE_URL ?= postgres://v2g:v2g@127.0.0.1:5432/v2g
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: help venv services test test-fast lint format check migrate demo run-web run-worker run-beat run-bridge health bench clean
+.PHONY: help venv services test test-fast e2e lint format check migrate demo run-web run-worker run-beat run-bridge health bench clean
 
 help:
 	@echo "make demo      run web, worker, beat and MQTT bridge on embedded defaults"
 	@echo "make test      start/install Redis, Mosquitto, PostgreSQL if needed, then run all tests"
-	@echo "               (on PostgreSQL; the dispatch pipeline once more on SQLite)"
+	@echo "               (on PostgreSQL; the dispatch pipeline once more on SQLite; then make e2e)"
+	@echo "make e2e       the whole stack end to end + the demo (JUnit and coverage in coverage/)"
 	@echo "make lint      ruff lint and format check; make check: migrations and Django checks"
 	@echo "make run-web | run-worker | run-beat | run-bridge   one process in the foreground"
 	@echo "make health    check database, broker, MQTT and a live worker"
 	@echo "make bench     dispatch fan-out against the raw MQTT round trip (bench/results/)"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-demo.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -38,10 +39,20 @@ services:
 	bash scripts/services.sh
 
 test: venv services
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 	@echo "--- the dispatch pipeline again on SQLite, the embedded default"
 	env -u DATABASE_URL CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest $(PYTEST_ARGS) \
 		tests/dispatch/test_pipeline.py tests/telemetry
+	@echo "--- end to end"
+	$(MAKE) --no-print-directory e2e
+
+# The whole stack end to end, and the demo on embedded defaults; JUnit XML and
+# coverage (of every process of the stack) under coverage/.
+e2e: venv services
+	mkdir -p coverage
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest -m e2e $(PYTEST_ARGS) \
+		--junitxml=coverage/e2e-junit.xml --cov --cov-report=xml:coverage/e2e-coverage.xml --cov-report=term
+	@echo "JUnit report: coverage/e2e-junit.xml, coverage: coverage/e2e-coverage.xml"
 
 # Pure-logic tests only: no servers needed.
 test-fast: venv

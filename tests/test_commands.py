@@ -86,6 +86,7 @@ def test_sqlite_is_the_embedded_default(tmp_path):
 
 
 @pytest.mark.services
+@pytest.mark.e2e
 def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
     """No Redis reachable: the demo falls back to the filesystem transport; a real
     worker still answers; the web server serves /healthz; everything stops."""
@@ -98,7 +99,19 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
         K_CELERY__FILESYSTEM_DIR=str(tmp_path / "celery"),
     )
     demo = subprocess.Popen(
-        [sys.executable, "manage.py", "demo", "--port", str(port), "--vehicles", "10", "--duration", "10"],
+        [
+            sys.executable,
+            "manage.py",
+            "demo",
+            "--port",
+            str(port),
+            "--vehicles",
+            "20",
+            "--duration",
+            "30",
+            "--signal-every",
+            "8",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -132,6 +145,10 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
             demo.kill()
     output = "".join(lines)
     assert "all processes stopped" in output
+    # Simulated vehicles acknowledged a demo signal, end to end.
+    assert re.search(
+        r"dispatch (completed|partial): FCR [+-][\d.]+ kW, \d+ vehicles, [1-9]\d*/\d+ commands acked", output
+    ), output
     for pid in map(int, re.findall(r"started \w+ \(pid (\d+)", output)):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

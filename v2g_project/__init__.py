@@ -1,6 +1,9 @@
-"""v2g: a V2G aggregator back end (Django + Celery + MQTT)."""
+"""v2g: a V2G aggregator back end (Django + Celery + MQTT).
 
-from v2g_project.celery import app as celery_app
+The Celery app lives in v2g_project.celery (found by ``celery -A v2g_project``)
+and is loaded by the app config's ready() in Django processes, not here: the
+typed config and the MQTT factory stay importable without Django (the
+simulator uses them).
+"""
 
-__all__ = ("celery_app",)
 __version__ = "0.1.0"

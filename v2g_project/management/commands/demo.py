@@ -11,8 +11,12 @@ Embedded defaults: SQLite, and when Redis is not reachable, kombu's
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,10 +30,18 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from fleet.models import Fleet, Site, Vehicle
-from v2g_project import health
+from v2g_project import health, mqtt
 from v2g_project.metrics import multiproc_dir_wipe
 
 DEMO_USER, DEMO_PASSWORD = "admin", "v2g-demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 DEMO_FLEET = "demo"
 
 
@@ -38,57 +50,179 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=8000, help="Web port on 127.0.0.1 (default 8000).")
-        parser.add_argument(
-            "--vehicles", type=int, default=50, help="Vehicles in the demo fleet (default 50)."
-        )
+        parser.add_argument("--vehicles", type=int, default=200, help="Simulated vehicles (default 200).")
         parser.add_argument(
             "--duration",
             type=float,
             default=0,
             help="Stop by itself after this many seconds (0: run until Ctrl-C).",
         )
+        parser.add_argument(
+            "--signal-every",
+            type=float,
+            default=30,
+            help="Submit a demo FCR signal every N seconds (0: none).",
+        )
+        parser.add_argument(
+            "--seed", type=int, default=42, help="Seed of the simulator and the demo signals."
+        )
+        # Set by the demo itself when it re-executes with embedded services resolved.
+        parser.add_argument("--resolved", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--embedded-mqtt", action="store_true", help=argparse.SUPPRESS)
 
     def handle(self, *args, port: int, vehicles: int, duration: float, **options):
-        if not 0 < port < 65536 or vehicles < 0 or duration < 0:
-            raise CommandError("--port must be 1-65535, --vehicles and --duration non-negative")
+        if not 0 < port < 65536 or vehicles < 0 or duration < 0 or options["signal_every"] < 0:
+            raise CommandError("--port must be 1-65535; --vehicles, --duration, --signal-every non-negative")
+        if not options["resolved"]:
+            self._resolve_and_reexec()  # does not return
+        # This console shows the demo's own summary; each process logs to var/log/.
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("kombu").setLevel(logging.ERROR)
         self.base = Path(settings.BASE_DIR)
         self.log_dir = self.base / "var" / "log"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-
-        # Every process this demo starts writes its metrics here; start from zero.
-        multiproc_dir_wipe(Path(settings.PROMETHEUS_MULTIPROC_DIR))
-        self.say("preparing the database")
-        call_command("migrate", interactive=False, verbosity=0)
-        self._seed(vehicles)
-
-        env = self._child_env()
-        mqtt_up = self._mqtt_reachable()
         self.processes: dict[str, subprocess.Popen] = {}
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         try:
+            if options["embedded_mqtt"]:
+                self._start_embedded_mqtt()
+            # Every process this demo starts writes its metrics here; start from zero.
+            multiproc_dir_wipe(Path(settings.PROMETHEUS_MULTIPROC_DIR))
+            self.say("preparing the database")
+            call_command("migrate", interactive=False, verbosity=0)
+            self._seed(vehicles)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "v2g_project.settings"}
             self._start(
                 "web", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], env
             )
             celery = [sys.executable, "-m", "celery", "-A", "v2g_project"]
             self._start("worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"], env)
             self._start("beat", [*celery, "beat", "--loglevel", "INFO"], env)
-            if mqtt_up:
-                self._start("bridge", [sys.executable, "manage.py", "mqtt_bridge"], env)
+            self._start("bridge", [sys.executable, "manage.py", "mqtt_bridge"], env)
+            if vehicles:
+                self._start("simulator", self._simulator_command(vehicles, options["seed"]), env)
             self._report(port, env)
-            deadline = time.monotonic() + duration if duration else None
-            while not stop.is_set():
-                dead = [name for name, proc in self.processes.items() if proc.poll() is not None]
-                if dead:
-                    raise CommandError(
-                        f"{', '.join(dead)} stopped unexpectedly; see {self.log_dir}/{dead[0]}.log"
-                    )
-                if deadline and time.monotonic() > deadline:
-                    break
-                stop.wait(0.5)
+            self._run(stop, duration, options["signal_every"], options["seed"])
         finally:
             self._stop_all()
+
+    def _run(self, stop: threading.Event, duration: float, signal_every: float, seed: int) -> None:
+        deadline = time.monotonic() + duration if duration else None
+        rng = random.Random(seed)
+        next_signal = time.monotonic() + min(10.0, signal_every) if signal_every else None
+        watching: list[str] = []
+        while not stop.is_set():
+            dead = [name for name, proc in self.processes.items() if proc.poll() is not None]
+            if dead:
+                raise CommandError(
+                    f"{', '.join(dead)} stopped unexpectedly; see {self.log_dir}/{dead[0]}.log"
+                )
+            if deadline and time.monotonic() > deadline:
+                break
+            if next_signal and time.monotonic() >= next_signal:
+                watching.append(self._demo_signal(rng))
+                next_signal = time.monotonic() + signal_every
+            watching = [d for d in watching if not self._summarise(d)]
+            stop.wait(0.5)
+
+    # --- embedded services -----------------------------------------------------
+
+    def _resolve_and_reexec(self) -> None:
+        """Pick embedded stand-ins for unreachable servers, then run again so that
+        settings (read once, at start) and every child see the same choice."""
+        argv = [sys.executable, *sys.argv, "--resolved"]
+        try:
+            health.check_broker(2.0)
+            self.say(f"Celery broker: {health._where(settings.CELERY_BROKER_URL)}")
+        except ConnectionError:
+            self.say(
+                f"Celery broker {health._where(settings.CELERY_BROKER_URL)} not reachable: "
+                "using the embedded filesystem transport (var/celery)"
+            )
+            os.environ["CELERY_BROKER_URL"] = "filesystem://"
+        try:
+            health.check_mqtt(2.0)
+            self.say(f"MQTT broker: {health._where(settings.V2G.mqtt.url)}")
+        except Exception:  # noqa: BLE001 - unreachable, refused: an embedded broker it is
+            endpoint = mqtt.endpoint_parse(settings.V2G.mqtt)
+            port = endpoint.port if endpoint.host in ("127.0.0.1", "localhost") else _free_port()
+            self.say(f"MQTT broker {endpoint.host}:{endpoint.port} not reachable: starting an embedded one")
+            os.environ["K_MQTT__URL"] = f"tcp://127.0.0.1:{port}"
+            argv.append("--embedded-mqtt")
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and arguments
+
+    def _start_embedded_mqtt(self) -> None:
+        endpoint = mqtt.endpoint_parse(settings.V2G.mqtt)
+        amqtt = Path(sys.executable).with_name("amqtt")
+        if not amqtt.exists():
+            raise CommandError(
+                "no MQTT broker reachable and amqtt is not installed (pip install -r requirements-demo.txt)"
+            )
+        conf = self.base / "var" / "amqtt.yaml"
+        conf.write_text(
+            "listeners:\n  default:\n    type: tcp\n"
+            f"    bind: 127.0.0.1:{endpoint.port}\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        )
+        self._start("mqtt-broker", [str(amqtt), "-c", str(conf)], {**os.environ})
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health.check_mqtt(1.0)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"the embedded MQTT broker did not start; see {self.log_dir}/mqtt-broker.log"
+                    ) from None
+                time.sleep(0.2)
+        self.say(f"embedded MQTT broker (amqtt) on 127.0.0.1:{endpoint.port}")
+
+    def _simulator_command(self, vehicles: int, seed: int) -> list[str]:
+        cfg = settings.V2G.mqtt
+        return [
+            *(sys.executable, "-m", "simulator", "--count", str(vehicles), "--prefix", "demo-ev-"),
+            *("--url", cfg.url, "--seed", str(seed), "--telemetry-interval-s", "5"),
+            *("--status-interval-s", "30", "--ack-latency-ms-min", "5", "--ack-latency-ms-max", "80"),
+            *("--drop-rate", "0.03", "--reject-rate", "0.02", "--v2g-share", "1"),
+            # Commuters are away by day: a share that is always plugged keeps the demo busy at any hour.
+            *("--profiles", "commuter=0.4,captive=0.2,opportunistic=0.1,always=0.3"),
+        ]  # fmt: skip
+
+    # --- demo signals ------------------------------------------------------------
+
+    def _demo_signal(self, rng: random.Random) -> str:
+        from dispatch import services
+
+        power = round(rng.uniform(0.05, 0.25) * Vehicle.objects.filter(fleet_id=DEMO_FLEET).count() * 7.4, 1)
+        power *= rng.choice((1, 1, -1))
+        _signal, dispatch = services.signal_submit(
+            signal_type="FCR", power_kw=power, duration_s=rng.choice((120, 300, 600)), fleet_id=DEMO_FLEET,
+            source="cli",
+        )  # fmt: skip
+        self.say(f"signal FCR {power:+.1f} kW submitted (dispatch {dispatch.id})")
+        return str(dispatch.id)
+
+    def _summarise(self, dispatch_id: str) -> bool:
+        from dispatch import selectors
+
+        detail = selectors.dispatch_detail(dispatch_id)
+        if detail is None or detail["status"] == "in_progress":
+            return False
+        commands = detail["commands"]
+        acked = [c for c in commands if c["status"] == "acked"]
+        latencies = sorted(c["latency_s"] for c in acked if c["latency_s"] is not None)
+        p50 = f"{latencies[len(latencies) // 2] * 1000:.0f} ms" if latencies else "-"
+        vehicles, rounds = len({c["vehicle_id"] for c in commands}), len(detail["rounds"])
+        self.say(
+            f"dispatch {detail['status']}: {detail['signal'].signal_type} {detail['requested_kw']:+.1f} kW, "
+            f"{vehicles} vehicles, {len(acked)}/{len(commands)} commands acked, "
+            f"{detail['acknowledged_kw']:+.1f} kW acknowledged, p50 latency {p50}, {rounds} round(s)"
+        )
+        return True
 
     # --- set-up ------------------------------------------------------------------
 
@@ -119,28 +253,6 @@ class Command(BaseCommand):
                 ]
             )
         self.say(f"demo fleet '{DEMO_FLEET}': {Vehicle.objects.filter(fleet=fleet).count()} vehicles")
-
-    def _child_env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "v2g_project.settings"}
-        try:
-            health.check_broker(2.0)
-            self.say(f"Celery broker: {health._where(settings.CELERY_BROKER_URL)}")
-        except ConnectionError:
-            self.say(
-                f"Celery broker {health._where(settings.CELERY_BROKER_URL)} not reachable: "
-                "using the embedded filesystem transport (var/celery)"
-            )
-            env["CELERY_BROKER_URL"] = "filesystem://"
-        return env
-
-    def _mqtt_reachable(self) -> bool:
-        try:
-            health.check_mqtt(2.0)
-        except Exception as exc:  # noqa: BLE001
-            self.say(f"{exc}: the MQTT bridge is not started (start Mosquitto, or set K_MQTT__URL)")
-            return False
-        self.say(f"MQTT broker: {health._where(settings.V2G.mqtt.url)}")
-        return True
 
     def _start(self, name: str, command: list[str], env: dict[str, str]) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
