@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -88,8 +90,9 @@ def test_sqlite_is_the_embedded_default(tmp_path):
 @pytest.mark.services
 @pytest.mark.e2e
 def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
-    """No Redis reachable: the demo falls back to the filesystem transport; a real
-    worker still answers; the web server serves /healthz; everything stops."""
+    """No Redis and no MQTT broker reachable: the demo runs on the filesystem
+    transport and an embedded broker; a real worker answers, simulated vehicles
+    acknowledge a demo signal, the web server serves /healthz; everything stops."""
     port = free_port()
     env = subprocess_env(
         DATABASE_URL="",
@@ -97,35 +100,23 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
         K_DATABASE__SQLITE_PATH=str(tmp_path / "demo.sqlite3"),
         K_CELERY__BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
         K_CELERY__FILESYSTEM_DIR=str(tmp_path / "celery"),
+        K_MQTT__URL=f"tcp://127.0.0.1:{free_port()}",
     )
     demo = subprocess.Popen(
-        [
-            sys.executable,
-            "manage.py",
-            "demo",
-            "--port",
-            str(port),
-            "--vehicles",
-            "20",
-            "--duration",
-            "30",
-            "--signal-every",
-            "8",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+        [sys.executable, "manage.py", "demo", "--port", str(port), "--vehicles", "20", "--signal-every", "8"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
+    reader.start()
+    summary = re.compile(
+        r"dispatch (completed|partial): FCR [+-][\d.]+ kW, \d+ vehicles, [1-9]\d*/\d+ commands acked"
+    )
     try:
-        for line in demo.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
+        wait_for(lambda: "Ctrl-C stops everything" in "".join(lines), 120, "the demo to start")
         output = "".join(lines)
         assert "using the embedded filesystem transport" in output
+        assert "starting an embedded one" in output and "embedded MQTT broker (amqtt)" in output
         assert re.search(r"ok\s+worker\s+\S+ pid \d+ answered", output), output
         assert "login admin / v2g-demo" in output
 
@@ -138,18 +129,17 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
 
         body = wait_for(healthz, 30, "the demo web server")
         assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
-        lines.extend(demo.stdout)
+        # Simulated vehicles acknowledge a demo signal, end to end.
+        wait_for(lambda: summary.search("".join(lines)), 90, "a demo dispatch to finish")
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
         assert demo.wait(timeout=60) == 0, "".join(lines)
+        reader.join(10)
     finally:
         if demo.poll() is None:
             demo.kill()
     output = "".join(lines)
     assert "all processes stopped" in output
-    # Simulated vehicles acknowledged a demo signal, end to end.
-    assert re.search(
-        r"dispatch (completed|partial): FCR [+-][\d.]+ kW, \d+ vehicles, [1-9]\d*/\d+ commands acked", output
-    ), output
-    for pid in map(int, re.findall(r"started \w+ \(pid (\d+)", output)):
+    for pid in map(int, re.findall(r"started \S+ \(pid (\d+)", output)):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
