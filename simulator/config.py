@@ -22,7 +22,9 @@ import yaml
 from pydantic import ValidationError
 
 from simulator.domain import DEFAULT_PROFILE_MIX, PROFILES, ROUND_TRIP_EFFICIENCY
-from v2g_project.config import MqttConfig
+from v2g_project.config import MqttConfig, TelemetryConfig
+
+_PLATFORM_MQTT, _PLATFORM_TELEMETRY = MqttConfig(), TelemetryConfig()
 
 PASSWORD_ENV = "V2G_SIM_PASSWORD"
 VEHICLE = "{vehicle_id}"
@@ -56,13 +58,14 @@ class SimConfig:
     min_soc: float = 0.2
     efficiency: float = ROUND_TRIP_EFFICIENCY
     v2g_share: float = 1.0
-    command_topic: str = "vehicle/{vehicle_id}/command"
-    ack_topic: str = "vehicle/{vehicle_id}/ack"
-    state_topic: str = "v2g/vehicle/state/{vehicle_id}"
-    telemetry_request_topic: str = "v2g/telemetry/request"
-    telemetry_response_topic: str = "v2g/telemetry/response/{vehicle_id}"
-    discovery_topic: str = "v2g/fleet/discovery"
-    discovery_response_topic: str = "v2g/fleet/response/{vehicle_id}"
+    # Topic defaults are the platform's own (SPEC §5, §6): one source of truth.
+    command_topic: str = _PLATFORM_MQTT.command_topic
+    ack_topic: str = _PLATFORM_MQTT.ack_topic.replace("+", "{vehicle_id}")
+    state_topic: str = f"{_PLATFORM_TELEMETRY.state_topic_prefix}/{{vehicle_id}}"
+    telemetry_request_topic: str = _PLATFORM_TELEMETRY.request_topic
+    telemetry_response_topic: str = f"{_PLATFORM_TELEMETRY.response_topic_prefix}/{{vehicle_id}}"
+    discovery_topic: str = _PLATFORM_TELEMETRY.discovery_topic
+    discovery_response_topic: str = f"{_PLATFORM_TELEMETRY.discovery_response_prefix}/{{vehicle_id}}"
     ack_qos: int = 1
     telemetry_qos: int = 0
 
