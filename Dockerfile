@@ -27,7 +27,7 @@ COPY . .
 # Static files for the admin, served by WhiteNoise (debug is off in the image).
 RUN K_WEB__DEBUG=false K_WEB__SECRET_KEY=collectstatic-only-not-a-runtime-secret-0000 \
         python manage.py collectstatic --noinput --verbosity 0 \
- && mkdir -p /app/var && chown v2g:v2g /app/var
+ && mkdir -p /app/var && chown -R v2g:v2g /app/var
 
 USER v2g:v2g
 
