@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from telemetry.models import VehicleState
+from telemetry.models import TelemetryPoll, TelemetryPollMiss, VehicleState, VehicleStateHistory
 
 
 @admin.register(VehicleState)
@@ -9,3 +9,27 @@ class VehicleStateAdmin(admin.ModelAdmin):
     list_filter = ("plugged_in", "online", "vehicle__fleet")
     search_fields = ("vehicle__id",)
     list_select_related = ("vehicle",)
+
+
+@admin.register(VehicleStateHistory)
+class VehicleStateHistoryAdmin(admin.ModelAdmin):
+    list_display = ("vehicle", "reported_at", "soc", "plugged_in", "power_kw", "source", "received_at")
+    list_filter = ("source",)
+    search_fields = ("=vehicle__id",)  # exact: a prefix scan of a large table is slow
+    raw_id_fields = ("vehicle", "poll")
+    show_full_result_count = False
+
+
+class MissInline(admin.TabularInline):
+    model = TelemetryPollMiss
+    raw_id_fields = ("vehicle",)
+    extra = 0
+    max_num = 0
+
+
+@admin.register(TelemetryPoll)
+class TelemetryPollAdmin(admin.ModelAdmin):
+    list_display = ("started_at", "status", "manual", "expected", "answered", "timed_out", "finished_at")
+    list_filter = ("status", "manual")
+    readonly_fields = [f.name for f in TelemetryPoll._meta.fields]
+    inlines = [MissInline]

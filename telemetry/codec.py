@@ -1,8 +1,11 @@
 """MQTT state payload (SPEC §5): ``vehicle_id, soc, plugged_in, power_kw, timestamp``
-and optional ``battery_kwh, departure_at, target_soc``. Pure."""
+and optional ``battery_kwh, departure_at, target_soc``; pull answers echo
+``request_id``; discovery answers add the vehicle's capabilities. Pure."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,3 +39,61 @@ def state_decode(payload: dict, topic_vehicle: str | None) -> State:
     if "timestamp" not in payload:
         raise PayloadError("timestamp is missing")
     return State(vehicle_id, soc, plugged, power, iso_datetime(payload["timestamp"], "timestamp"))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a discovery answer says of the vehicle (SPEC §5 discovery)."""
+
+    battery_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    is_v2g: bool
+    min_soc: float
+    target_soc: float
+
+
+def capabilities_decode(payload: dict) -> Capabilities:
+    def number(
+        field: str, default: float | None = None, *, low: float = 0.0, high: float | None = None
+    ) -> float:
+        if field not in payload:
+            if default is None:
+                raise PayloadError(f"{field} is missing")
+            return default
+        value = finite(payload[field], field)
+        if value < low or (high is not None and value > high):
+            raise PayloadError(f"{field} {value} is out of range")
+        return value
+
+    battery = number("battery_kwh")
+    if battery <= 0:
+        raise PayloadError("battery_kwh must be positive")
+    is_v2g = payload.get("is_v2g", True)
+    if not isinstance(is_v2g, bool):
+        raise PayloadError("is_v2g must be true or false")
+    return Capabilities(
+        battery_kwh=battery,
+        max_charge_kw=number("max_charge_kw"),
+        max_discharge_kw=number("max_discharge_kw", 0.0),
+        is_v2g=is_v2g,
+        min_soc=number("min_soc", 0.2, high=1.0),
+        target_soc=number("target_soc", 0.8, high=1.0),
+    )
+
+
+def request_id_decode(payload: dict) -> uuid.UUID | None:
+    """The pull round an answer echoes, or None (an answer without a valid one
+    is still a state worth recording)."""
+    value = payload.get("request_id")
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def request_encode(request_id: uuid.UUID, now: datetime) -> str:
+    """The pull/discovery broadcast: vehicles echo ``request_id`` in their answer."""
+    return json.dumps({"request_id": str(request_id), "timestamp": now.isoformat()})

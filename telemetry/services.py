@@ -1,35 +1,59 @@
-"""Recording vehicle state reported over MQTT (push)."""
+"""Recording vehicle state (push, pull answers, discovery answers, Last Will),
+pull rounds, discovery broadcasts and the history purge."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from prometheus_client import Counter
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from fleet.models import Vehicle
-from telemetry.codec import State, state_decode
-from telemetry.models import VehicleState
+from fleet.models import ID_VALIDATOR, Fleet, Vehicle
+from telemetry.codec import State, capabilities_decode, request_encode, request_id_decode, state_decode
+from telemetry.metrics import DISCOVERED, OFFLINE, POLL_TIMEOUTS, POLLS, STATES
+from telemetry.models import (
+    PollStatus,
+    StateSource,
+    TelemetryPoll,
+    TelemetryPollMiss,
+    VehicleState,
+    VehicleStateHistory,
+)
+from v2g_project import mqtt
 from v2g_project.bridge import Message
 from v2g_project.payloads import PayloadError, vehicle_from_topic
 
 log = logging.getLogger(__name__)
 
-STATES = Counter(
-    "telemetry_states_total",
-    "Vehicle state messages by outcome: recorded, stale, malformed, unknown_vehicle.",
-    ["outcome"],
-)
+
+# Answers are written by the bridge in batches a few milliseconds after they
+# arrive: a round is closed this long after its deadline so that answers
+# received in time are in the database when it is counted.
+POLL_FINISH_GRACE_S = 1.0
+PURGE_CHUNK = 10_000
 
 
-def states_record(messages: Sequence[Message], topic_filter: str) -> int:
-    """Upsert the latest state of each vehicle in one batch; returns rows written.
+# --- recording states -------------------------------------------------------------
 
-    Idempotent: a redelivered or older state (by the vehicle's timestamp) never
-    overwrites a newer one. Malformed payloads and unknown vehicles are logged
-    with the reason and counted; the rest of the batch is still recorded.
+
+def states_record(messages: Sequence[Message], topic_filter: str, *, source: str = StateSource.PUSH) -> int:
+    """Record a batch of states: every state into the history, the newest of each
+    vehicle into its latest state; returns the latest-state rows written.
+
+    Idempotent: the history holds one row per (vehicle, reported_at), so a
+    redelivery adds nothing, and a redelivered or older state never overwrites
+    a newer latest state. Pull answers are tied to their round by the
+    ``request_id`` they echo (an unknown or missing one is still recorded).
+    Malformed payloads and unknown vehicles are logged with the reason and
+    counted; the rest of the batch is still recorded.
     """
-    latest: dict[str, tuple[State, Message]] = {}
+    decoded: list[tuple[State, Message]] = []
     for message in messages:
         try:
             state = state_decode(message.payload, vehicle_from_topic(message.topic, topic_filter))
@@ -37,15 +61,30 @@ def states_record(messages: Sequence[Message], topic_filter: str) -> int:
             STATES.labels("malformed").inc()
             log.warning("rejected state on %s: %s", message.topic, exc)
             continue
+        decoded.append((state, message))
+    if not decoded:
+        return 0
+    latest: dict[str, tuple[State, Message]] = {}
+    for state, message in decoded:
         held = latest.get(state.vehicle_id)
         if held is None or state.timestamp >= held[0].timestamp:
             latest[state.vehicle_id] = (state, message)
-    if not latest:
-        return 0
     known = set(Vehicle.objects.filter(id__in=latest).values_list("id", flat=True))
     for vehicle_id in latest.keys() - known:
         STATES.labels("unknown_vehicle").inc()
         log.warning("state from unknown vehicle %r ignored (register it in the fleet first)", vehicle_id)
+    polls = _polls_known(decoded) if source == StateSource.PULL else {}
+    history: dict[tuple[str, datetime], VehicleStateHistory] = {}
+    for state, message in decoded:
+        if state.vehicle_id in known:
+            history.setdefault(
+                (state.vehicle_id, state.timestamp),
+                VehicleStateHistory(
+                    vehicle_id=state.vehicle_id, soc=state.soc, plugged_in=state.plugged_in,
+                    power_kw=state.power_kw, reported_at=state.timestamp, received_at=message.received_at,
+                    source=source, poll_id=polls.get(request_id_decode(message.payload)),
+                ),
+            )  # fmt: skip
     stored = dict(VehicleState.objects.filter(vehicle_id__in=known).values_list("vehicle_id", "reported_at"))
     rows = []
     for vehicle_id in known:
@@ -59,12 +98,270 @@ def states_record(messages: Sequence[Message], topic_filter: str) -> int:
                 online=True, reported_at=state.timestamp, received_at=message.received_at,
             )
         )  # fmt: skip
-    VehicleState.objects.bulk_create(
-        rows,
-        update_conflicts=True,
-        unique_fields=["vehicle"],
-        update_fields=["soc", "plugged_in", "power_kw", "online", "reported_at", "received_at"],
-        batch_size=1000,
-    )
+    with transaction.atomic():
+        VehicleStateHistory.objects.bulk_create(history.values(), ignore_conflicts=True, batch_size=1000)
+        VehicleState.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["vehicle"],
+            update_fields=["soc", "plugged_in", "power_kw", "online", "reported_at", "received_at"],
+            batch_size=1000,
+        )
     STATES.labels("recorded").inc(len(rows))
     return len(rows)
+
+
+def _polls_known(decoded: Sequence[tuple[State, Message]]) -> dict[uuid.UUID, uuid.UUID]:
+    ids = {request_id_decode(message.payload) for _, message in decoded} - {None}
+    if not ids:
+        return {}
+    return {
+        poll_id: poll_id for poll_id in TelemetryPoll.objects.filter(id__in=ids).values_list("id", flat=True)
+    }
+
+
+def pull_answers_record(messages: Sequence[Message], topic_filter: str) -> int:
+    """Answers to pull rounds (``response_topic_prefix/<vehicle_id>``)."""
+    return states_record(messages, topic_filter, source=StateSource.PULL)
+
+
+def vehicles_offline_record(messages: Sequence[Message], topic_filter: str) -> int:
+    """A vehicle's or gateway's Last Will: mark the vehicle(s) offline at once, so
+    dispatch stops choosing them; their next state sets them online again.
+
+    The vehicle is the payload's ``vehicle_id`` (or each of a gateway's
+    ``vehicle_ids``), else the topic's last level. A vehicle heard from after
+    the Last Will arrived is left online. Returns the vehicles marked offline.
+    """
+    heard_at: dict[str, datetime] = {}
+    for message in messages:
+        ids = message.payload.get("vehicle_ids")
+        if not isinstance(ids, list):
+            ids = [message.payload.get("vehicle_id") or vehicle_from_topic(message.topic, topic_filter)]
+        for vehicle_id in ids:
+            if not isinstance(vehicle_id, str) or not vehicle_id:
+                log.warning("Last Will on %s names no vehicle; ignored", message.topic)
+                continue
+            heard_at[vehicle_id] = max(heard_at.get(vehicle_id, message.received_at), message.received_at)
+    if not heard_at:
+        return 0
+    at = max(heard_at.values())
+    marked = VehicleState.objects.filter(vehicle_id__in=heard_at, online=True, received_at__lte=at).update(
+        online=False
+    )
+    OFFLINE.inc(marked)
+    log.info("Last Will: %d vehicle(s) marked offline (%s)", marked, ", ".join(sorted(heard_at)[:10]))
+    return marked
+
+
+# --- discovery ------------------------------------------------------------------------
+
+
+def discovery_record(
+    messages: Sequence[Message], topic_filter: str, *, auto_register: bool, fleet_id: str
+) -> int:
+    """Discovery answers (``discovery_response_prefix/<vehicle_id>``): refresh the
+    state of known vehicles; unknown ones are registered into ``fleet_id`` with
+    the capabilities they announce when ``auto_register`` is on, else counted
+    and logged (by states_record) as unknown vehicles."""
+    if auto_register:
+        vehicles_register_discovered(messages, topic_filter, fleet_id=fleet_id)
+    return states_record(messages, topic_filter, source=StateSource.DISCOVERY)
+
+
+def vehicles_register_discovered(messages: Sequence[Message], topic_filter: str, *, fleet_id: str) -> int:
+    """Register the unknown vehicles of a batch of discovery answers; returns how
+    many. Idempotent (a vehicle registered meanwhile is left as it is)."""
+    candidates: dict[str, Vehicle] = {}
+    for message in messages:
+        try:
+            state = state_decode(message.payload, vehicle_from_topic(message.topic, topic_filter))
+            ID_VALIDATOR(state.vehicle_id)
+            caps = capabilities_decode(message.payload)
+        except PayloadError as exc:
+            log.warning("discovery answer on %s not registered: %s", message.topic, exc)
+            continue
+        except ValidationError:  # from the id validator: the id appears in MQTT topics
+            log.warning("discovery answer on %s not registered: invalid vehicle id", message.topic)
+            continue
+        candidates[state.vehicle_id] = Vehicle(
+            id=state.vehicle_id, fleet_id=fleet_id, battery_kwh=caps.battery_kwh,
+            max_charge_kw=caps.max_charge_kw, max_discharge_kw=caps.max_discharge_kw, is_v2g=caps.is_v2g,
+            min_soc=caps.min_soc, target_soc=caps.target_soc,
+        )  # fmt: skip
+    if not candidates:
+        return 0
+    known = set(Vehicle.objects.filter(id__in=candidates).values_list("id", flat=True))
+    new = [vehicle for vid, vehicle in candidates.items() if vid not in known]
+    if not new:
+        return 0
+    with transaction.atomic():
+        Fleet.objects.get_or_create(id=fleet_id, defaults={"name": "Discovered vehicles"})
+        Vehicle.objects.bulk_create(new, ignore_conflicts=True)
+    DISCOVERED.inc(len(new))
+    log.info("discovery registered %d vehicle(s) into fleet %r", len(new), fleet_id)
+    return len(new)
+
+
+def discovery_broadcast(*, now: datetime | None = None) -> uuid.UUID:
+    """Ask every vehicle to announce itself; answers come through the bridge."""
+    cfg = settings.V2G
+    request_id = uuid.uuid4()
+    payload = request_encode(request_id, now or timezone.now())
+    mqtt.publish_wait(
+        mqtt.publisher(),
+        cfg.telemetry.discovery_topic,
+        payload,
+        cfg.mqtt.qos.telemetry,
+        cfg.mqtt.connect_timeout_s,
+    )
+    log.info("discovery broadcast %s on %s", request_id, cfg.telemetry.discovery_topic)
+    return request_id
+
+
+# --- pull rounds ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PollStart:
+    outcome: str  # started, skipped (mode), refused (a round overlaps), failed (not published)
+    poll_id: uuid.UUID | None = None
+    wait_s: float = 0.0
+
+
+def poll_slot(now: datetime, interval_s: int) -> datetime:
+    """The Beat slot of ``now``: two Beats (or a redelivered task) firing for the
+    same period get the same slot, and the unique round_at refuses the second."""
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % interval_s, UTC)
+
+
+def poll_start(
+    *, force: bool = False, timeout_s: float | None = None, now: datetime | None = None
+) -> PollStart:
+    """Open a pull round and broadcast its request.
+
+    The mode is read now, not when the schedule was made, so switching
+    ``telemetry.mode`` needs no migration: in push mode (or with telemetry
+    disabled) the Beat round does nothing. ``force`` runs a manual round in any
+    mode, with an optional shorter ``timeout_s``.
+    """
+    cfg = settings.V2G
+    if not force and (not cfg.telemetry.enabled or cfg.telemetry.mode == "push"):
+        return PollStart("skipped")
+    now = now or timezone.now()
+    polls_finish_overdue(now=now)  # a round whose finishing task was lost must not block this one
+    timeout_s = timeout_s or cfg.telemetry.timeout_seconds
+    try:
+        with transaction.atomic():
+            poll = TelemetryPoll.objects.create(
+                round_at=now if force else poll_slot(now, cfg.telemetry.interval_seconds),
+                manual=force, started_at=now, deadline_at=now + timedelta(seconds=timeout_s),
+                expected=Vehicle.objects.active().count(),
+            )  # fmt: skip
+    except IntegrityError:
+        POLLS.labels("refused").inc()
+        log.warning("pull round refused: another round is open or this slot already ran")
+        return PollStart("refused")
+    try:
+        mqtt.publish_wait(
+            mqtt.publisher(), cfg.telemetry.request_topic, request_encode(poll.id, now),
+            cfg.mqtt.qos.telemetry, cfg.mqtt.connect_timeout_s,
+        )  # fmt: skip
+    except mqtt.MqttUnavailable as exc:
+        # Nobody was asked, so nobody timed out: close the round without misses.
+        TelemetryPoll.objects.filter(id=poll.id, status=PollStatus.COLLECTING).update(
+            status=PollStatus.FAILED, finished_at=timezone.now(), reason=str(exc)[:300]
+        )
+        POLLS.labels("failed").inc()
+        log.error("pull round %s not published: %s", poll.id, exc)
+        return PollStart("failed", poll.id)
+    log.info("pull round %s: request sent to %d vehicle(s)", poll.id, poll.expected)
+    return PollStart("started", poll.id, timeout_s + POLL_FINISH_GRACE_S)
+
+
+def poll_finish(poll_id: str | uuid.UUID, *, now: datetime | None = None) -> float | None:
+    """Close the round once its deadline has passed: active vehicles with no
+    answer received by the deadline are recorded as misses and counted in
+    telemetry_poll_timeout_total (exactly once: the status changes under a row
+    lock). Returns the seconds to wait when called early, else None."""
+    now = now or timezone.now()
+    poll = TelemetryPoll.objects.filter(id=poll_id).first()
+    if poll is None or poll.status != PollStatus.COLLECTING:
+        return None
+    close_at = poll.deadline_at + timedelta(seconds=POLL_FINISH_GRACE_S)
+    if now < close_at:
+        return (close_at - now).total_seconds()
+    with transaction.atomic():
+        poll = (
+            TelemetryPoll.objects.select_for_update().filter(id=poll_id, status=PollStatus.COLLECTING).first()
+        )
+        if poll is None:
+            return None
+        answered = set(
+            VehicleStateHistory.objects.filter(poll=poll, received_at__lte=poll.deadline_at)
+            .values_list("vehicle_id", flat=True)
+            .distinct()
+        )
+        expected = set(
+            Vehicle.objects.active().filter(created_at__lte=poll.started_at).values_list("id", flat=True)
+        )
+        missed = sorted(expected - answered)
+        TelemetryPollMiss.objects.bulk_create(
+            [TelemetryPollMiss(poll=poll, vehicle_id=vid) for vid in missed],
+            ignore_conflicts=True,
+            batch_size=1000,
+        )
+        TelemetryPoll.objects.filter(id=poll.id).update(
+            status=PollStatus.FINISHED, finished_at=now, answered=len(answered), timed_out=len(missed)
+        )
+        transaction.on_commit(lambda: (POLL_TIMEOUTS.inc(len(missed)), POLLS.labels("finished").inc()))
+    log.info(
+        "pull round %s finished: %d answered, %d timed out%s",
+        *(poll.id, len(answered), len(missed), f" ({', '.join(missed[:10])}...)" if missed else ""),
+    )
+    return None
+
+
+def polls_finish_overdue(*, now: datetime | None = None) -> int:
+    """Finish rounds left open past their deadline (a worker died before the
+    finishing task ran); returns how many."""
+    now = now or timezone.now()
+    overdue = TelemetryPoll.objects.filter(
+        status=PollStatus.COLLECTING, deadline_at__lt=now - timedelta(seconds=POLL_FINISH_GRACE_S)
+    ).values_list("id", flat=True)
+    ids = list(overdue)
+    for poll_id in ids:
+        poll_finish(poll_id, now=now)
+    return len(ids)
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+def history_purge(*, retention_days: int, now: datetime | None = None, chunk_size: int = PURGE_CHUNK) -> int:
+    """Delete state history and pull rounds older than ``retention_days``, in
+    chunks (each a short transaction, so a large backlog never holds long locks
+    or one huge WAL burst). Idempotent; returns the history rows deleted."""
+    cutoff = (now or timezone.now()) - timedelta(days=retention_days)
+    deleted = 0
+    while True:
+        ids = list(
+            VehicleStateHistory.objects.filter(received_at__lt=cutoff).values_list("id", flat=True)[
+                :chunk_size
+            ]
+        )
+        if not ids:
+            break
+        deleted += VehicleStateHistory.objects.filter(id__in=ids).delete()[0]
+    while True:
+        ids = list(
+            TelemetryPoll.objects.filter(started_at__lt=cutoff)
+            .exclude(status=PollStatus.COLLECTING)
+            .values_list("id", flat=True)[:100]
+        )
+        if not ids:
+            break
+        TelemetryPoll.objects.filter(id__in=ids).delete()
+    log.info("telemetry purge: %d history row(s) older than %s deleted", deleted, cutoff.isoformat())
+    return deleted

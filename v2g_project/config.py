@@ -176,6 +176,27 @@ class TelemetryConfig(Section):
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
     stale_after_seconds: PositiveInt = 300
     retention_days: PositiveInt = 30
+    lwt_topic_prefix: str = "v2g/vehicle/lwt"
+    auto_register: bool = False
+    discovery_fleet: Annotated[str, Field(pattern=r"^[-a-zA-Z0-9_]{1,64}$")] = "discovered"
+
+    @field_validator(
+        "request_topic",
+        "response_topic_prefix",
+        "state_topic_prefix",
+        "discovery_topic",
+        "discovery_response_prefix",
+        "lwt_topic_prefix",
+    )
+    @classmethod
+    def _plain_topic(cls, value: str, info: Any) -> str:
+        # These are published to or get "/+" appended: a wildcard here would
+        # subscribe to (or publish on) something else than intended.
+        if "+" in value or "#" in value or value.endswith("/"):
+            raise ValueError(f"{value!r}: no MQTT wildcard (+ #) and no trailing /")
+        if not value and info.field_name != "lwt_topic_prefix":
+            raise ValueError("must not be empty")
+        return value
 
     @model_validator(mode="after")
     def _timeout_below_interval(self) -> TelemetryConfig:
