@@ -2,14 +2,21 @@ from __future__ import annotations
 
 import uuid
 
-from rest_framework import status, viewsets
+from django.utils import timezone
+from rest_framework import generics, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from dispatch import selectors, services
 from dispatch.models import SignalSource
-from dispatch.serializers import DispatchDetailSerializer, SignalCreatedSerializer, SignalCreateSerializer
+from dispatch.serializers import (
+    DispatchDetailSerializer,
+    SignalCreatedSerializer,
+    SignalCreateSerializer,
+    VehicleStatusSerializer,
+)
+from fleet.models import Fleet, Vehicle
 
 
 class SignalViewSet(viewsets.ViewSet):
@@ -44,3 +51,26 @@ class DispatchViewSet(viewsets.ViewSet):
         if detail is None:
             raise NotFound(f"no dispatch {pk}")
         return Response(DispatchDetailSerializer(detail).data)
+
+
+class VehicleStatusView(generics.GenericAPIView):
+    """Each vehicle's current status, forecast plug-in window and SoC, next
+    dispatch window and last dispatch decision; ?fleet_id=&site=&cluster=."""
+
+    serializer_class = VehicleStatusSerializer
+
+    def get_queryset(self):
+        vehicles = Vehicle.objects.active().order_by("id")
+        params = self.request.query_params
+        fleet_id = params.get("fleet_id")
+        if fleet_id is not None and not Fleet.objects.filter(id=fleet_id).exists():
+            raise ValidationError({"fleet_id": [f"no fleet {fleet_id!r}"]})
+        for param, lookup in (("fleet_id", "fleet_id"), ("site", "site__name"), ("cluster", "cluster")):
+            if params.get(param):
+                vehicles = vehicles.filter(**{lookup: params[param]})
+        return vehicles
+
+    def get(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        rows = selectors.vehicle_statuses(list(page), timezone.now())
+        return self.get_paginated_response(VehicleStatusSerializer(rows, many=True).data)

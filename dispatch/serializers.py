@@ -78,3 +78,28 @@ class DispatchDetailSerializer(serializers.Serializer):
     acknowledged_kw = serializers.FloatField()
     rounds = RoundSerializer(many=True)
     commands = CommandSerializer(many=True)
+
+
+class WindowSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+
+
+class DecisionSerializer(serializers.Serializer):
+    signal_type = serializers.CharField()
+    target_power = serializers.FloatField(help_text="kW, signed (positive = to the grid).")
+    vehicles_selected = serializers.IntegerField()
+    timestamp = serializers.DateTimeField()
+
+
+class VehicleStatusSerializer(serializers.Serializer):
+    vehicle_id = serializers.CharField()
+    current_status = serializers.ChoiceField(
+        choices=["unknown", "offline", "stale", "dispatched", "plugged_in", "unplugged"]
+    )
+    forecasted_plugin_window = WindowSerializer(allow_null=True)
+    forecasted_soc = serializers.DictField(
+        child=serializers.FloatField(), help_text='{"t+0m": 0.62, "t+15m": ...}'
+    )
+    next_dispatch_window = WindowSerializer(allow_null=True)
+    last_dispatch_decision = DecisionSerializer(allow_null=True)

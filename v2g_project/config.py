@@ -179,6 +179,8 @@ class TelemetryConfig(Section):
     lwt_topic_prefix: str = "v2g/vehicle/lwt"
     auto_register: bool = False
     discovery_fleet: Annotated[str, Field(pattern=r"^[-a-zA-Z0-9_]{1,64}$")] = "discovered"
+    prediction_engine: Literal["history", "deterministic"] = "history"
+    prediction_history_days: Annotated[int, Field(ge=1, le=90)] = 14
 
     @field_validator(
         "request_topic",

@@ -3,6 +3,7 @@ the real broker and database; the vehicles answer from the test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -79,6 +80,16 @@ class FakeFleet:
 
     def close(self) -> None:
         mqtt.disconnect(self.client)
+
+
+@pytest.fixture(autouse=True)
+def _settle_before_teardown():
+    """Let the worker finish the rounds a test started before the database is
+    flushed: a flush (TRUNCATE) racing the worker's transactions can deadlock."""
+    yield
+    open_rounds = Dispatch.objects.filter(status__in=(DispatchStatus.PENDING, DispatchStatus.COLLECTING))
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not open_rounds.exists(), 6, "open dispatch rounds to finish")
 
 
 @pytest.fixture
