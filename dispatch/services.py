@@ -219,6 +219,7 @@ def vehicle_states(
             .annotate(total=Count("id"), acked=Count("id", filter=Q(status=CommandStatus.ACKED)))
             .values_list("vehicle_id", "total", "acked")
         }
+    leaving = _departure_share(vehicles, signal, now) if with_history else {}
     states = []
     for (
         vid,
@@ -252,9 +253,24 @@ def vehicle_states(
                 committed=vid in committed,
                 participation=float(total),
                 ack_rate=acked / total if total else 1.0,
+                availability=leaving.get(vid, 1.0),
             )
         )
     return states
+
+
+def _departure_share(vehicles, signal: FlexibilitySignal, now: datetime) -> dict[str, float]:
+    """Availability forecast for scoring: the share of the signal's remaining
+    window a vehicle stays plugged, from its planned departure (the same rule as
+    telemetry.prediction's deterministic engine). Only vehicles leaving before
+    the end are loaded: the others stay at 1."""
+    start = max(now, signal.start_at)
+    end = _signal_end(signal)
+    span = max((end - start).total_seconds(), 1.0)
+    return {
+        vid: min(1.0, max(0.0, (departure - start).total_seconds() / span))
+        for vid, departure in vehicles.filter(departure_at__lt=end).values_list("id", "departure_at")
+    }
 
 
 def _needs_history(policy: domain.Policy, signal_type: str, round_: int) -> bool:

@@ -121,3 +121,18 @@ def test_unknown_fleet_is_a_400_naming_it_and_login_is_required(api, client, fle
     assert response.status_code == 400 and "fleet_id" in response.json()
     client.logout()
     assert client.get("/api/vehicles/status").status_code == 403
+
+
+def test_dispatch_scoring_sees_departures_as_availability(fleet):
+    from dispatch.services import vehicle_states
+
+    now = timezone.now()
+    staying = vehicle(fleet, "ev-1", soc=0.8)
+    leaving = vehicle(fleet, "ev-2", soc=0.8)
+    Vehicle.objects.filter(id=leaving.id).update(departure_at=now + timedelta(minutes=15))
+    signal = FlexibilitySignal.objects.create(
+        signal_type="NEBEF", power_kw=10, start_at=now, duration_s=3600, valid_until=now + timedelta(hours=1)
+    )
+    states = {s.vehicle_id: s for s in vehicle_states(signal, now)}
+    assert states[staying.id].availability == 1.0
+    assert states[leaving.id].availability == pytest.approx(0.25, abs=0.01)  # leaves after 15 of 60 minutes
