@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 
 from django.utils import timezone
@@ -16,7 +17,9 @@ from dispatch.serializers import (
     SignalCreateSerializer,
     VehicleStatusSerializer,
 )
-from fleet.models import Fleet, Vehicle
+from fleet.models import Fleet, Site, Vehicle
+
+SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 
 
 class SignalViewSet(viewsets.ViewSet):
@@ -62,12 +65,18 @@ class VehicleStatusView(generics.GenericAPIView):
     def get_queryset(self):
         vehicles = Vehicle.objects.active().order_by("id")
         params = self.request.query_params
-        fleet_id = params.get("fleet_id")
-        if fleet_id is not None and not Fleet.objects.filter(id=fleet_id).exists():
-            raise ValidationError({"fleet_id": [f"no fleet {fleet_id!r}"]})
-        for param, lookup in (("fleet_id", "fleet_id"), ("site", "site__name"), ("cluster", "cluster")):
-            if params.get(param):
-                vehicles = vehicles.filter(**{lookup: params[param]})
+        # An unknown value matches nothing (an empty list); a malformed one is a 400.
+        for param, lookup, max_length in (
+            ("fleet_id", "fleet_id", Fleet._meta.get_field("id").max_length),
+            ("site", "site__name", Site._meta.get_field("name").max_length),
+            ("cluster", "cluster", Vehicle._meta.get_field("cluster").max_length),
+        ):
+            value = params.get(param)
+            if value is None:
+                continue
+            if not value or len(value) > max_length or (param == "fleet_id" and not SLUG.match(value)):
+                raise ValidationError({param: [f"not a valid {param}: {value[:80]!r}"]})
+            vehicles = vehicles.filter(**{lookup: value})
         return vehicles
 
     def get(self, request):

@@ -116,9 +116,18 @@ def test_filters(api, fleet, query, expected):
     assert [r["vehicle_id"] for r in api.get(f"/api/vehicles/status?{query}").json()["results"]] == expected
 
 
-def test_unknown_fleet_is_a_400_naming_it_and_login_is_required(api, client, fleet):
-    response = api.get("/api/vehicles/status?fleet_id=nope")
-    assert response.status_code == 400 and "fleet_id" in response.json()
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("fleet_id=not%20a%20slug", "fleet_id"), ("fleet_id=", "fleet_id"), ("cluster=" + "x" * 65, "cluster")],
+)
+def test_malformed_filters_are_a_400_naming_them(api, fleet, query, field):
+    response = api.get(f"/api/vehicles/status?{query}")
+    assert response.status_code == 400 and field in response.json()
+
+
+def test_unknown_filter_values_give_an_empty_list_and_login_is_required(api, client, fleet):
+    vehicle(fleet, "ev-1", soc=0.5)
+    assert api.get("/api/vehicles/status?fleet_id=nope").json()["results"] == []
     client.logout()
     assert client.get("/api/vehicles/status").status_code == 403
 
