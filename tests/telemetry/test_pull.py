@@ -98,3 +98,30 @@ def test_pull_round_records_answers_and_counts_silent_vehicles(
 
     # Once finished, the next round runs.
     assert telemetry_poll_task.delay(force=True, timeout_s=1).get(timeout=30)["outcome"] == "started"
+
+
+def test_discovery_refreshes_known_vehicles_through_the_real_bridge(
+    celery_worker, mqtt_bridge, simulated_fleet
+):
+    """telemetry_discover broadcasts; every simulated vehicle answers with its
+    capabilities and state; the bridge records the known ones (source discovery)."""
+    ids = simulated_fleet(5)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "telemetry_discover"],
+        cwd=ROOT, env=subprocess_env(DATABASE_URL=_db_url()), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "discovery" in result.stdout and "sent on v2g/fleet/discovery" in result.stdout
+
+    def recorded():
+        return VehicleStateHistory.objects.filter(vehicle_id__in=ids, source="discovery").count() == len(ids)
+
+    wait_for(recorded, 20, "the discovery answers to be recorded")
+
+
+def _db_url() -> str:
+    from django.conf import settings
+
+    from tests.conftest import database_url
+
+    return database_url(settings.DATABASES["default"])
