@@ -68,6 +68,27 @@ def database_url(db: dict) -> str:
     raise RuntimeError(f"no URL form for {engine}")
 
 
+def metric_value(client, name: str, **labels) -> float:
+    """The sum of a metric's samples with these labels, scraped from /metrics
+    (which aggregates every process of the test run)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").content.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@pytest.fixture
+def api(client, django_user_model):
+    """The Django test client, logged in as an API user (session authentication)."""
+    client.force_login(django_user_model.objects.create_user("integrator", password="pw-integrator-1"))
+    return client
+
+
 def replace(model, **changes):
     """A validated copy of a frozen config model with some fields changed."""
     return type(model).model_validate({**model.model_dump(by_alias=True), **changes})

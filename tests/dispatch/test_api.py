@@ -12,12 +12,6 @@ from fleet.models import Fleet
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def api(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("integrator", password="pw-integrator-1"))
-    return client
-
-
 def post(api, **body):
     return api.post("/api/signals/", body, content_type="application/json")
 

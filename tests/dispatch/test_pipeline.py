@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch import services
 from dispatch.models import (
@@ -25,7 +24,7 @@ from dispatch.models import (
 )
 from fleet.models import Fleet, Vehicle
 from telemetry.models import VehicleState
-from tests.conftest import start_worker, stop_process, wait_for, worker_ready
+from tests.conftest import metric_value, start_worker, stop_process, wait_for, worker_ready
 from v2g_project import mqtt
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -159,16 +158,6 @@ def settled(signal_id, timeout_s: float = 30) -> list[Dispatch]:
         return rounds if rounds and all(r.is_final for r in rounds) else None
 
     return wait_for(done, timeout_s, "the dispatch to finish")
-
-
-def metric_value(client, name: str, **labels) -> float:
-    text = client.get("/metrics").content.decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def test_all_vehicles_ack(celery_worker, mqtt_bridge, make_fleet, vehicles, client):

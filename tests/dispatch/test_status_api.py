@@ -17,12 +17,6 @@ PARIS = ZoneInfo("Europe/Paris")
 
 
 @pytest.fixture
-def api(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("integrator", password="pw-integrator-1"))
-    return client
-
-
-@pytest.fixture
 def fleet():
     fleet = Fleet.objects.create(id="f1", name="F1")
     Site.objects.create(fleet=fleet, name="Depot")

@@ -8,12 +8,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def api(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("integrator", password="pw-integrator-1"))
-    return client
-
-
-@pytest.fixture
 def fleet():
     fleet = Fleet.objects.create(id="paris-vans", name="Paris vans")
     Site.objects.create(fleet=fleet, name="Depot")

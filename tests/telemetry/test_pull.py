@@ -9,24 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.models import Fleet, Vehicle
 from telemetry.models import PollStatus, TelemetryPoll, TelemetryPollMiss, VehicleStateHistory
 from telemetry.tasks import telemetry_poll_task
-from tests.conftest import ROOT, stop_process, subprocess_env, wait_for
+from tests.conftest import ROOT, metric_value, stop_process, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-
-def metric_value(client, name: str, **labels) -> float:
-    text = client.get("/metrics").content.decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @pytest.fixture
