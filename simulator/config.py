@@ -66,6 +66,7 @@ class SimConfig:
     telemetry_response_topic: str = f"{_PLATFORM_TELEMETRY.response_topic_prefix}/{{vehicle_id}}"
     discovery_topic: str = _PLATFORM_TELEMETRY.discovery_topic
     discovery_response_topic: str = f"{_PLATFORM_TELEMETRY.discovery_response_prefix}/{{vehicle_id}}"
+    lwt_topic_prefix: str = _PLATFORM_TELEMETRY.lwt_topic_prefix
     ack_qos: int = 1
     telemetry_qos: int = 0
 
@@ -76,6 +77,14 @@ class SimConfig:
     @property
     def random_latency(self) -> bool:
         return self.ack_latency_ms_min is not None
+
+    @property
+    def lwt_topic(self) -> str:
+        """Where this fleet's Last Will and birth message go: one topic for all
+        its vehicles (one client, a gateway), or "" for none."""
+        if not self.lwt_topic_prefix:
+            return ""
+        return f"{self.lwt_topic_prefix}/sim-{self.prefix}{self.first:04d}"
 
 
 # --- value parsers: shared by argparse and the YAML file ----------------------
@@ -216,6 +225,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("telemetry_response_topic", _text, "default v2g/telemetry/response/{vehicle_id}", "TOPIC"),
     Option("discovery_topic", _text, "default v2g/fleet/discovery", "TOPIC"),
     Option("discovery_response_topic", _text, "default v2g/fleet/response/{vehicle_id}", "TOPIC"),
+    Option("lwt_topic_prefix", _text, "Last Will + birth on PREFIX/sim-{prefix}{first}; '' = off", "PREFIX"),
     Option("ack_qos", _qos, "QoS of acks (default 1)", "QOS"),
     Option("telemetry_qos", _qos, "QoS of state pushes and answers (default 0)", "QOS"),
 )
@@ -295,6 +305,10 @@ def _topic_check(parser: argparse.ArgumentParser, cfg: SimConfig) -> None:
         topic = getattr(cfg, name)
         if not topic or VEHICLE in topic:
             parser.error(f"{flag(name)}: must be a plain topic, got {topic!r}")
+    # The fleet's own topic level comes from the prefix, so check the whole topic.
+    lwt = cfg.lwt_topic
+    if any(c in lwt for c in "+#") or VEHICLE in lwt or lwt.endswith("/"):
+        parser.error(f"{flag('lwt_topic_prefix')}: no wildcard, placeholder or trailing /, got {lwt!r}")
 
 
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> SimConfig:

@@ -17,6 +17,13 @@ answer; already seen (QoS 1 redelivery) -> the same ack bytes again, applied
 once; drop rate -> never acked; reject rate -> rejected; otherwise the
 vehicle model decides (accepted, or rejected with its reason) and the ack
 leaves after the configured latency.
+
+Presence: the fleet's client is a gateway for all its vehicles. It sets a
+retained Last Will naming them on ``lwt_topic_prefix/sim-{prefix}{first}``
+and, on every (re)connect, publishes a retained birth message on the same
+topic, which replaces a will the broker still holds from a lost connection.
+A clean stop deletes the retained message (empty payload) and sends no will:
+its vehicles then go stale on the platform instead of offline.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ SEEN_MAX = 100_000  # command ids remembered for de-duplication (redeliveries co
 _DROPPED = b""  # a command this fleet chose never to ack
 _PENDING = None  # an ack waiting for its latency
 _STOP = object()
+# The platform's MQTT bridge rejects larger payloads (v2g_project.bridge.MAX_PAYLOAD_BYTES):
+# a will naming more vehicles than fit (about 4,000) would be refused, so none is set.
+PRESENCE_MAX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -133,6 +143,7 @@ class Fleet:
         self._subscribed = threading.Event()
         self._stopping = False
         self._client = None
+        self.lwt_topic = cfg.lwt_topic
         levels = cfg.command_topic.split("/")
         self._command_levels = len(levels)
         self._command_index = levels.index(VEHICLE)
@@ -174,6 +185,14 @@ class Fleet:
         client.message_callback_add(self._command_filter, self._enqueue(self._on_command))
         client.message_callback_add(cfg.telemetry_request_topic, self._enqueue(self._on_pull))
         client.message_callback_add(cfg.discovery_topic, self._enqueue(self._on_discovery))
+        if self.lwt_topic and not self._will_set(client):
+            print(
+                f"sim: {len(self.vehicles)} vehicles do not fit in one Last Will "
+                f"({PRESENCE_MAX_BYTES} bytes); none set",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.lwt_topic = ""
         self._client = client
         self._thread.start()
         try:
@@ -190,7 +209,7 @@ class Fleet:
         where = mqtt.endpoint_parse(mcfg)
         self._print(
             f"sim ready vehicles={cfg.count} ids={first}..{last} silent={self.silent_count} "
-            f"seed={self.seed} broker={where.host}:{where.port}"
+            f"seed={self.seed} broker={where.host}:{where.port} lwt={self.lwt_topic or 'off'}"
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -203,6 +222,8 @@ class Fleet:
             self._thread.join(timeout_s)
         client = self._client
         if client is not None:
+            if self.lwt_topic:
+                self._presence_clear(client)
             deadline = time.monotonic() + 2.0
             while client.want_write() and time.monotonic() < deadline:  # queued acks still leaving
                 time.sleep(0.01)
@@ -243,10 +264,36 @@ class Fleet:
         client.subscribe(
             [(self._command_filter, 1), (cfg.telemetry_request_topic, 1), (cfg.discovery_topic, 1)]
         )
+        if self.lwt_topic:
+            client.publish(self.lwt_topic, self._presence(online=True), qos=1, retain=True)
 
-    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+    def _on_disconnect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if not self._stopping:
             print(f"sim: broker connection lost ({reason_code}); reconnecting", file=sys.stderr, flush=True)
+            if self.lwt_topic:
+                self._will_set(client)  # the next connection's will, dated before it starts
+
+    # --- presence: Last Will and birth message ------------------------------------
+
+    def _presence(self, *, online: bool) -> bytes:
+        return payloads.presence_encode(
+            self.lwt_topic.rsplit("/", 1)[-1], list(self.vehicles), online=online, now=self._clock()
+        )
+
+    def _will_set(self, client) -> bool:
+        """Set the retained Last Will (before connecting); False when too large."""
+        will = self._presence(online=False)
+        if len(will) > PRESENCE_MAX_BYTES:
+            return False
+        client.will_set(self.lwt_topic, will, qos=1, retain=True)
+        return True
+
+    def _presence_clear(self, client) -> None:
+        """Delete the retained birth message: a clean stop leaves nothing behind."""
+        try:
+            client.publish(self.lwt_topic, b"", qos=1, retain=True).wait_for_publish(2.0)
+        except (RuntimeError, ValueError) as exc:  # not connected: the broker keeps the birth
+            print(f"sim: retained presence on {self.lwt_topic} not cleared ({exc})", file=sys.stderr)
 
     # --- the dispatcher thread ------------------------------------------------
 

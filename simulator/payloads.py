@@ -1,5 +1,6 @@
 """MQTT payloads as a vehicle sees them (SPEC §5): the command it reads, the ack
-it writes, and the pull/discovery requests it answers. Pure functions; a bad
+it writes, the pull/discovery requests it answers, and its Last Will and
+birth message. Pure functions; a bad
 command raises :class:`CommandError`, which the fleet counts and ignores.
 """
 
@@ -82,6 +83,24 @@ def ack_encode(command_id: str, vehicle_id: str, reason: str | None, now: dateti
         ack["reason"] = reason
     ack["timestamp"] = iso(now)
     return dumps(ack)
+
+
+def presence_encode(gateway: str, vehicle_ids: list[str], *, online: bool, now: datetime) -> bytes:
+    """A gateway's birth message (``online``) or Last Will, naming its vehicles.
+
+    ``timestamp`` is when it was made: for a will, when it was set (a will is
+    fixed at CONNECT), so never later than the connection it belongs to; the
+    platform dates a retained will by it (telemetry.services.vehicles_offline_record).
+    """
+    return dumps(
+        {
+            "gateway": gateway,
+            "status": "online" if online else "offline",
+            "online": online,
+            "vehicle_ids": vehicle_ids,
+            "timestamp": iso(now),
+        }
+    )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """MQTT state payload (SPEC §5): ``vehicle_id, soc, plugged_in, power_kw, timestamp``
 and optional ``battery_kwh, departure_at, target_soc``; pull answers echo
-``request_id``; discovery answers add the vehicle's capabilities. Pure."""
+``request_id``; discovery answers add the vehicle's capabilities; Last Wills
+and birth messages name the vehicles they speak for. Pure."""
 
 from __future__ import annotations
 
@@ -80,6 +81,39 @@ def capabilities_decode(payload: dict) -> Capabilities:
         min_soc=number("min_soc", 0.2, high=1.0),
         target_soc=number("target_soc", 0.8, high=1.0),
     )
+
+
+@dataclass(frozen=True)
+class Will:
+    """A message on ``lwt_topic_prefix/<id>``: a Last Will, or (``online``) a
+    birth message, which a client publishes when it connects, retained on the
+    same topic, so that it replaces the will the broker may still hold."""
+
+    vehicle_ids: tuple[str, ...]
+    online: bool
+    # When the will was set. A will is fixed at CONNECT, so this can be no later
+    # than the start of the connection whose loss it announces.
+    timestamp: datetime | None
+
+
+def will_decode(payload: dict, topic_vehicle: str | None) -> Will:
+    """The vehicles are ``vehicle_ids`` (a gateway), else ``vehicle_id``, else the
+    topic's last level; a birth says ``"online": true`` or ``"status": "online"``.
+    An unreadable ``timestamp`` is None (a live will is dated by its arrival)."""
+    ids = payload.get("vehicle_ids")
+    if isinstance(ids, list):
+        named = tuple(dict.fromkeys(v for v in ids if isinstance(v, str) and v))
+    else:
+        one = payload.get("vehicle_id") or topic_vehicle
+        named = (one,) if isinstance(one, str) and one else ()
+    if not named:
+        raise PayloadError("names no vehicle")
+    online = payload.get("online") is True or payload.get("status") == "online"
+    try:
+        timestamp = iso_datetime(payload["timestamp"], "timestamp") if "timestamp" in payload else None
+    except PayloadError:
+        timestamp = None
+    return Will(named, online, timestamp)
 
 
 def request_id_decode(payload: dict) -> uuid.UUID | None:

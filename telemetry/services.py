@@ -12,10 +12,18 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from fleet.models import ID_VALIDATOR, Fleet, Vehicle
-from telemetry.codec import State, capabilities_decode, request_encode, request_id_decode, state_decode
+from telemetry.codec import (
+    State,
+    capabilities_decode,
+    request_encode,
+    request_id_decode,
+    state_decode,
+    will_decode,
+)
 from telemetry.metrics import DISCOVERED, OFFLINE, POLL_TIMEOUTS, POLLS, STATES
 from telemetry.models import (
     PollStatus,
@@ -191,29 +199,75 @@ def pull_answers_record(messages: Sequence[Message], topic_filter: str) -> int:
 def vehicles_offline_record(messages: Sequence[Message], topic_filter: str) -> int:
     """A vehicle's or gateway's Last Will: mark the vehicle(s) offline at once, so
     dispatch stops choosing them; their next state sets them online again.
+    Returns the vehicles marked offline.
 
     The vehicle is the payload's ``vehicle_id`` (or each of a gateway's
-    ``vehicle_ids``), else the topic's last level. A vehicle heard from after
-    the Last Will arrived is left online. Returns the vehicles marked offline.
+    ``vehicle_ids``), else the topic's last level. A birth message on the same
+    topic (``"online": true`` or ``"status": "online"``) is not a will and
+    changes nothing.
+
+    Which vehicles a will marks offline:
+
+    - a live will (the broker publishes it as the connection drops): those not
+      heard from after it arrived (by ``received_at``). Its ``timestamp`` is
+      not used: a will is fixed at CONNECT, so it can only carry a time before
+      the loss, and dating it so would ignore every will.
+    - a retained will (MQTT retain flag): the broker replays it on every
+      subscription, so at each bridge start or reconnect, however old it is;
+      its arrival says nothing of when the connection was lost. It is dated by
+      its ``timestamp`` (when it was set, at the latest the start of the
+      connection it belongs to) and marks offline only vehicles whose latest
+      state was reported before it: nothing heard from them since that
+      connection began. A vehicle that reported after it is left online,
+      because it may have come back since (reconnected, or reporting over
+      another link); had it died later on that same connection, it goes stale
+      after ``stale_after_seconds`` anyway. Both times are the vehicle's (or
+      its gateway's) own clock. A retained will without a readable
+      ``timestamp`` is ignored: its age is unknown.
     """
-    heard_at: dict[str, datetime] = {}
+    live: dict[str, datetime] = {}
+    retained: dict[str, datetime] = {}
     for message in messages:
-        ids = message.payload.get("vehicle_ids")
-        if not isinstance(ids, list):
-            ids = [message.payload.get("vehicle_id") or vehicle_from_topic(message.topic, topic_filter)]
-        for vehicle_id in ids:
-            if not isinstance(vehicle_id, str) or not vehicle_id:
-                log.warning("Last Will on %s names no vehicle; ignored", message.topic)
-                continue
-            heard_at[vehicle_id] = max(heard_at.get(vehicle_id, message.received_at), message.received_at)
-    if not heard_at:
-        return 0
-    at = max(heard_at.values())
-    marked = VehicleState.objects.filter(vehicle_id__in=heard_at, online=True, received_at__lte=at).update(
-        online=False
-    )
+        try:
+            will = will_decode(message.payload, vehicle_from_topic(message.topic, topic_filter))
+        except PayloadError as exc:
+            log.warning("Last Will on %s ignored: %s", message.topic, exc)
+            continue
+        if will.online:
+            log.debug("birth message on %s (not a will): %d vehicle(s)", message.topic, len(will.vehicle_ids))
+            continue
+        if not message.retain:
+            for vehicle_id in will.vehicle_ids:
+                live[vehicle_id] = max(live.get(vehicle_id, message.received_at), message.received_at)
+        elif will.timestamp is None:
+            log.info("retained Last Will on %s has no readable timestamp: ignored", message.topic)
+        else:
+            for vehicle_id in will.vehicle_ids:
+                retained[vehicle_id] = max(retained.get(vehicle_id, will.timestamp), will.timestamp)
+    marked = 0
+    if live:
+        at = max(live.values())
+        marked = VehicleState.objects.filter(vehicle_id__in=live, online=True, received_at__lte=at).update(
+            online=False
+        )
+        log.info("Last Will: %d vehicle(s) marked offline (%s)", marked, ", ".join(sorted(live)[:10]))
+    if retained:
+        by_time: dict[datetime, list[str]] = {}
+        for vehicle_id, at in retained.items():
+            by_time.setdefault(at, []).append(vehicle_id)
+        groups = list(by_time.items())
+        from_retained = 0
+        for begin in range(0, len(groups), 100):  # bounded OR chains (SQLite limits expression depth)
+            condition = Q()
+            for at, vehicle_ids in groups[begin : begin + 100]:
+                condition |= Q(vehicle_id__in=vehicle_ids, reported_at__lt=at)
+            from_retained += VehicleState.objects.filter(condition, online=True).update(online=False)
+        marked += from_retained
+        log.info(
+            "retained Last Will: %d of %d vehicle(s) marked offline, the others reported since (%s)",
+            *(from_retained, len(retained), ", ".join(sorted(retained)[:10])),
+        )
     OFFLINE.inc(marked)
-    log.info("Last Will: %d vehicle(s) marked offline (%s)", marked, ", ".join(sorted(heard_at)[:10]))
     return marked
 
 

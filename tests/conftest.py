@@ -229,21 +229,57 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory) -> Itera
         stop_process(proc)
 
 
-@pytest.fixture(scope="session")
-def mqtt_bridge(django_db_setup, tmp_path_factory) -> Iterator[dict]:
-    """The MQTT bridge process, recording into the test database."""
-    log_path = tmp_path_factory.mktemp("bridge") / "bridge.log"
-    env = subprocess_env(DATABASE_URL=database_url(settings.DATABASES["default"]), **TEST_PROCESS_ENV)
+def start_bridge(log_path: Path, **env: str) -> subprocess.Popen:
+    """A real MQTT bridge process recording into the test database, with the
+    test process timings plus ``env`` (e.g. K_TELEMETRY__MODE="hybrid");
+    returns once it has connected and subscribed."""
+    environment = subprocess_env(
+        DATABASE_URL=database_url(settings.DATABASES["default"]), **{**TEST_PROCESS_ENV, **env}
+    )
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "manage.py", "mqtt_bridge", "--batch-wait-ms", "5"],
             cwd=ROOT,
-            env=env,
+            env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(lambda: "bridge connected" in log_path.read_text(), 30, "the bridge to connect")
+        wait_for(
+            lambda: "bridge connected" in log_path.read_text() or proc.poll() is not None,
+            30,
+            "the bridge to connect",
+        )
+    except AssertionError:
+        stop_process(proc)
+        raise
+    if proc.poll() is not None:
+        raise RuntimeError(f"the bridge exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mqtt_bridge(django_db_setup, tmp_path_factory) -> Iterator[dict]:
+    """The MQTT bridge process, recording into the test database."""
+    log_path = tmp_path_factory.mktemp("bridge") / "bridge.log"
+    proc = start_bridge(log_path)
+    try:
         yield {"process": proc, "log": log_path}
     finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def bridges(django_db_setup, tmp_path) -> Iterator[Callable[..., dict]]:
+    """bridges(**env) -> {"process", "log"}: a bridge of this test's own, with its
+    own configuration (the session one stays as it is); stopped after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(**env: str) -> dict:
+        log_path = tmp_path / f"bridge-{len(started)}.log"
+        started.append(start_bridge(log_path, **env))
+        return {"process": started[-1], "log": log_path}
+
+    yield start
+    for proc in started:
         stop_process(proc)

@@ -32,7 +32,7 @@ log = logging.getLogger("v2g.bridge")
 
 MESSAGES = Counter(
     "mqtt_bridge_messages_total",
-    "MQTT messages received by the bridge, by route and outcome (handled, malformed, error, dropped).",
+    "MQTT messages received by the bridge, by route and outcome (handled, malformed, empty, error, dropped).",
     ["route", "outcome"],
 )
 QUEUE_DEPTH = Gauge("mqtt_bridge_queue_depth", "Messages decoded and waiting for their handler.")
@@ -49,6 +49,9 @@ class Message:
     payload: dict
     received_at: datetime
     duplicate: bool = False  # the broker's DUP flag: a QoS 1 redelivery
+    # The broker's RETAIN flag: a stored message replayed because we (re)subscribed,
+    # not one published now; received_at is then our subscription time, not its age.
+    retain: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,17 @@ def payload_decode(raw: bytes) -> dict:
 
 
 def platform_lwt_handle(messages: Sequence[Message]) -> None:
-    """Another platform process died without disconnecting: say so loudly."""
+    """Another platform process died without disconnecting: say so loudly.
+
+    With ``mqtt.lwt_retain`` the broker replays the latest will at every
+    subscription: that loss was reported when it happened, so it is only noted."""
     for message in messages:
+        if message.retain:
+            log.info(
+                "an earlier platform MQTT client loss (retained Last Will): %s",
+                message.payload.get("client_id", "unknown client"),
+            )
+            continue
         PLATFORM_LOST.inc()
         log.warning(
             "platform MQTT client lost (Last Will): %s",
@@ -146,7 +158,9 @@ class Bridge:
             # Only timestamp and enqueue: decoding happens in the handler thread,
             # so this thread (which also sends the PUBACKs) drains the socket fast.
             try:
-                self._queue.put_nowait((route, msg.topic, msg.payload, time.time(), bool(msg.dup)))
+                self._queue.put_nowait(
+                    (route, msg.topic, msg.payload, time.time(), bool(msg.dup), bool(msg.retain))
+                )
             except queue.Full:
                 MESSAGES.labels(route.name, "dropped").inc()
                 log.error("bridge queue full (%d); dropped a message on %s", self.queue_max, msg.topic)
@@ -182,14 +196,22 @@ class Bridge:
     def _deliver(self, batch: list[tuple]) -> None:
         by_route: dict[str, list[Message]] = defaultdict(list)
         routes = {}
-        for route, topic, raw, received, dup in batch:
+        for route, topic, raw, received, dup, retain in batch:
+            if not raw:
+                # A zero-length payload is how MQTT deletes a retained message
+                # (a client clearing its birth or will): nothing to record.
+                MESSAGES.labels(route.name, "empty").inc()
+                log.debug("empty message on %s (a retained message cleared); ignored", topic)
+                continue
             try:
                 payload = payload_decode(raw)
             except MalformedPayload as exc:
                 MESSAGES.labels(route.name, "malformed").inc()
                 log.warning("rejected message on %s: %s", topic, exc)
                 continue
-            by_route[route.name].append(Message(topic, payload, datetime.fromtimestamp(received, UTC), dup))
+            by_route[route.name].append(
+                Message(topic, payload, datetime.fromtimestamp(received, UTC), dup, retain)
+            )
             routes[route.name] = route
         for name, messages in by_route.items():
             if self._handle(routes[name], messages):

@@ -397,6 +397,8 @@ def test_defaults_follow_the_spec_topics():
     assert cfg.telemetry_response_topic == "v2g/telemetry/response/{vehicle_id}"
     assert cfg.discovery_topic == "v2g/fleet/discovery"
     assert cfg.discovery_response_topic == "v2g/fleet/response/{vehicle_id}"
+    assert cfg.lwt_topic == "v2g/vehicle/lwt/sim-demo-ev-0000"  # the fleet's one Last Will, a gateway's
+    assert config.parse(["--lwt-topic-prefix", ""], environ={}).lwt_topic == ""
     assert config.parse(["--count", "3"], environ={}).vehicle_ids() == [
         "demo-ev-0000",
         "demo-ev-0001",
@@ -455,6 +457,7 @@ def test_yaml_file_then_environment_then_command_line(tmp_path):
         ),
         (["--ack-topic", "vehicle/+/{vehicle_id}"], None, "--ack-topic: must not contain MQTT wildcards"),
         (["--discovery-topic", "fleet/{vehicle_id}"], None, "--discovery-topic"),
+        (["--lwt-topic-prefix", "v2g/#"], None, "--lwt-topic-prefix: no wildcard"),
         (["--ack-qos", "3"], None, "--ack-qos: must be 0, 1 or 2"),
         (["--offline-s", "0"], None, "--offline-s: must be > 0"),
         (["--efficiency", "1.2"], None, "--efficiency"),

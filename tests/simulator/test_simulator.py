@@ -407,6 +407,40 @@ def test_state_is_pushed_at_the_interval_spread_over_it(start_sim, listen, prefi
 # --- the process ---------------------------------------------------------------------
 
 
+def test_presence_a_retained_birth_then_a_retained_will_and_nothing_after_a_clean_stop(
+    start_sim, listen, mqtt_client, prefix
+):
+    """The fleet is one client: one gateway Last Will and birth message naming its
+    vehicles, on lwt_topic_prefix/sim-{prefix}{first}, both retained."""
+    topic = f"v2g/vehicle/lwt/sim-{prefix}0000"
+    try:
+        sim = start_sim("--count", "2", "--telemetry-interval-s", "0")
+        assert sim.lines[0].endswith(f"lwt={topic}")
+        birth = listen(topic).wait(1)[0]
+        assert birth.retain
+        birth = json.loads(birth.payload)
+        assert (birth["status"], birth["online"], birth["vehicle_ids"]) == ("online", True, ids(prefix, 2))
+
+        sim.proc.send_signal(signal.SIGKILL)  # no DISCONNECT: the broker publishes the will
+        sim.wait_exit()
+        will = listen(topic).wait(1)[0]  # a new subscription: what the broker retains now
+        assert will.retain
+        will = json.loads(will.payload)
+        assert (will["status"], will["online"], will["vehicle_ids"]) == ("offline", False, ids(prefix, 2))
+        # Set before connecting: never later than the connection whose loss it announces.
+        assert datetime.fromisoformat(will["timestamp"]) <= datetime.fromisoformat(birth["timestamp"])
+
+        again = start_sim("--count", "2", "--telemetry-interval-s", "0")
+        assert json.loads(listen(topic).wait(1)[0].payload)["status"] == "online"  # the birth replaced it
+        assert again.stop() == 0
+        # Retained messages come first after a subscription: if the marker is first, none is left.
+        inbox = listen(topic)
+        mqtt.publish_wait(mqtt_client, topic, b'{"marker": 1}', qos=1, timeout_s=5)
+        assert json.loads(inbox.wait(1)[0].payload) == {"marker": 1}
+    finally:
+        mqtt_client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+
+
 def test_status_lines_then_sigterm_exits_0(start_sim, prefix):
     sim = start_sim("--count", "3", "--status-interval-s", "0.2", "--telemetry-interval-s", "0")
     ready = sim.lines[0]

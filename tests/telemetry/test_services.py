@@ -143,6 +143,79 @@ def test_last_will_older_than_the_latest_state_leaves_the_vehicle_online():
     assert VehicleState.objects.get(vehicle_id="ev-1").online
 
 
+def will(topic_id: str, received_at: datetime, *, retain: bool = False, **payload) -> Message:
+    return Message(f"v2g/vehicle/lwt/{topic_id}", payload, received_at, retain=retain)
+
+
+def test_a_retained_will_replayed_at_a_bridge_restart_spares_vehicles_that_came_back():
+    """The broker replays a retained will at every (re)subscription, hours later
+    maybe: the vehicle that came back since must stay online."""
+    connected_at = T0  # the gateway's connection, when its will was set
+    will_payload = {
+        "vehicle_ids": ["ev-1", "ev-2"],
+        "status": "offline",
+        "timestamp": connected_at.isoformat(),
+    }
+    states_record([message("ev-1", 0.5, T0 + timedelta(minutes=1)), message("ev-2", 0.5, T0)], TOPIC)
+    # The connection drops: the live will marks both offline.
+    assert vehicles_offline_record([will("gw-1", T0 + timedelta(minutes=2), **will_payload)], LWT) == 2
+    # ev-1 comes back (a new connection, no birth message) and reports.
+    states_record([message("ev-1", 0.6, T0 + timedelta(minutes=5))], TOPIC)
+    assert VehicleState.objects.get(vehicle_id="ev-1").online
+    # The bridge restarts an hour later and gets the retained copy of the old will.
+    replayed = will("gw-1", T0 + timedelta(hours=1), retain=True, **will_payload)
+    assert vehicles_offline_record([replayed], LWT) == 0
+    assert VehicleState.objects.get(vehicle_id="ev-1").online
+    assert not VehicleState.objects.get(vehicle_id="ev-2").online  # still gone, as it was
+    assert vehicles_offline_record([replayed], LWT) == 0  # at every restart
+
+
+def test_a_retained_will_marks_offline_only_vehicles_silent_since_its_timestamp():
+    """A will that fired while no bridge listened still counts, for the vehicles
+    that reported nothing since the connection it belongs to began."""
+    states_record([message("ev-1", 0.5, T0 - timedelta(minutes=10)), message("ev-2", 0.5, T0)], TOPIC)
+    retained = will(
+        "gw-1", T0 + timedelta(hours=1), retain=True, vehicle_ids=["ev-1", "ev-2"],
+        timestamp=(T0 - timedelta(minutes=5)).isoformat(),
+    )  # fmt: skip
+    assert vehicles_offline_record([retained], LWT) == 1
+    assert not VehicleState.objects.get(vehicle_id="ev-1").online
+    assert VehicleState.objects.get(vehicle_id="ev-2").online
+
+
+def test_a_retained_will_without_a_timestamp_is_ignored(caplog):
+    states_record([message("ev-1", 0.5, T0)], TOPIC)
+    undated = will("ev-1", T0 + timedelta(hours=1), retain=True, status="offline")
+    garbled = will("ev-1", T0 + timedelta(hours=1), retain=True, timestamp="yesterday")
+    assert vehicles_offline_record([undated, garbled], LWT) == 0
+    assert VehicleState.objects.get(vehicle_id="ev-1").online
+    assert "no readable timestamp: ignored" in caplog.text
+    # The same will live (no retain flag) is dated by its arrival and counts.
+    assert vehicles_offline_record([will("ev-1", T0 + timedelta(hours=1), status="offline")], LWT) == 1
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_a_birth_message_on_the_will_topic_is_not_a_will(retain):
+    states_record([message("ev-1", 0.5, T0), message("ev-2", 0.5, T0)], TOPIC)
+    later = T0 + timedelta(hours=1)
+    births = [
+        will("ev-1", later, retain=retain, online=True, timestamp=later.isoformat()),
+        will("gw-1", later, retain=retain, status="online", vehicle_ids=["ev-1", "ev-2"]),
+    ]
+    assert vehicles_offline_record(births, LWT) == 0
+    assert VehicleState.objects.filter(online=True).count() == 2
+
+
+def test_a_will_naming_no_vehicle_is_logged_and_the_rest_applied(caplog):
+    states_record([message("ev-1", 0.5, T0)], TOPIC)
+    batch = [
+        Message("elsewhere/ev-1", {}, T0 + timedelta(seconds=5)),  # no vehicle in topic nor payload
+        will("gw-1", T0 + timedelta(seconds=5), vehicle_ids=[7, "", "ev-1"]),
+    ]
+    assert vehicles_offline_record(batch, LWT) == 1
+    assert "Last Will on elsewhere/ev-1 ignored: names no vehicle" in caplog.text
+
+
 # --- discovery -------------------------------------------------------------------------------
 
 DISCOVERY = "v2g/fleet/response/+"

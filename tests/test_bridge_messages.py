@@ -1,0 +1,47 @@
+"""How the MQTT bridge turns what paho received into Messages for the routes
+(v2g_project.bridge), without a broker: the RETAIN flag is handed on, an
+empty payload (a retained message being deleted) is skipped, and a replayed
+platform Last Will is not counted again."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from prometheus_client import REGISTRY
+
+from v2g_project.bridge import Bridge, Message, Route, platform_lwt_handle
+from v2g_project.config import Config
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_retain_flag_reaches_the_route_and_empty_payloads_are_skipped():
+    received: list[Message] = []
+    route = Route("vehicle_lwt", "v2g/vehicle/lwt/+", received.extend)
+    bridge = Bridge(Config(), [route])
+    empty_before = counter("mqtt_bridge_messages_total", route="vehicle_lwt", outcome="empty")
+    malformed_before = counter("mqtt_bridge_messages_total", route="vehicle_lwt", outcome="malformed")
+    now = time.time()
+    bridge._deliver(
+        [
+            (route, "v2g/vehicle/lwt/ev-1", b'{"vehicle_id": "ev-1"}', now, False, True),
+            (route, "v2g/vehicle/lwt/ev-2", b"", now, False, False),  # a retained message deleted
+            (route, "v2g/vehicle/lwt/ev-3", b'{"vehicle_id": "ev-3"}', now, False, False),
+        ]
+    )
+    assert [(m.topic.rsplit("/", 1)[-1], m.retain) for m in received] == [("ev-1", True), ("ev-3", False)]
+    assert counter("mqtt_bridge_messages_total", route="vehicle_lwt", outcome="empty") == empty_before + 1
+    assert counter("mqtt_bridge_messages_total", route="vehicle_lwt", outcome="malformed") == malformed_before
+
+
+def test_a_replayed_platform_last_will_is_not_counted_again(caplog):
+    before = counter("mqtt_platform_process_lost_total")
+    payload = {"status": "offline", "client_id": "v2g-worker-h-1"}
+    platform_lwt_handle([Message("v2g/lwt", payload, datetime.now(UTC), retain=True)])
+    assert counter("mqtt_platform_process_lost_total") == before
+    assert "earlier platform MQTT client loss" in caplog.text
+    platform_lwt_handle([Message("v2g/lwt", payload, datetime.now(UTC))])
+    assert counter("mqtt_platform_process_lost_total") == before + 1
