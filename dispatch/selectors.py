@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Avg, Count, IntegerField, Max, OuterRef, Subquery
-from django.db.models.functions import Cast, ExtractMinute, Floor, TruncHour
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 
 from dispatch.models import Command, CommandStatus, Dispatch, DispatchStatus
 from dispatch.services import POWER_EPSILON_KW, signal_acknowledged_kw
 from fleet.models import Vehicle
 from telemetry import prediction
-from telemetry.models import VehicleState, VehicleStateHistory
+from telemetry import services as telemetry_services
 
 
 def signal_status(rounds: list[Dispatch], requested_kw: float, acknowledged_kw: float) -> str:
@@ -85,110 +84,117 @@ def dispatch_detail(dispatch_id) -> dict | None:
 STATUS_OFFSETS_MIN = (0, 15, 30, 60, 120, 240)
 
 
-def _history_samples(vehicle_ids: list[str], since: datetime) -> dict[str, list[prediction.Sample]]:
-    """History thinned by the database to one sample per vehicle and quarter-hour
-    (plugged if plugged at any report in it): a week of 1-minute pushes is 672
-    rows per vehicle instead of 10,080, and the forecast reads quarter-hours anyway."""
-    rows = (
-        VehicleStateHistory.objects.filter(vehicle_id__in=vehicle_ids, reported_at__gte=since)
-        .annotate(hour=TruncHour("reported_at"), quarter=Floor(ExtractMinute("reported_at") / 15))
-        .values("vehicle_id", "hour", "quarter")
-        .annotate(plugged=Max(Cast("plugged_in", IntegerField())), soc=Avg("soc"), power=Avg("power_kw"))
-    )
-    samples: dict[str, list[prediction.Sample]] = defaultdict(list)
-    for row in rows:
-        at = row["hour"] + timedelta(minutes=15 * int(row["quarter"]) + 7.5)
-        samples[row["vehicle_id"]].append(
-            prediction.Sample(at, row["soc"], bool(row["plugged"]), row["power"] or 0.0)
-        )
-    return samples
+STATUS_COLUMNS = (
+    *("id", "battery_kwh", "max_charge_kw", "max_discharge_kw", "min_soc", "target_soc", "departure_at"),
+    *("state__soc", "state__plugged_in", "state__power_kw", "state__online", "state__reported_at"),
+    *("state__received_at", "plug_profile__tz_key", "plug_profile__prob", "plug_profile__covered_s"),
+    "last_command",
+)
 
 
-def vehicle_statuses(vehicles: list[Vehicle], now: datetime) -> list[dict]:
-    """Per vehicle: current status, forecast plug-in window and SoC, the next
-    dispatch window and the last dispatch decision, in a handful of queries."""
-    cfg = settings.V2G.telemetry
-    ids = [v.id for v in vehicles]
-    states = {s.vehicle_id: s for s in VehicleState.objects.filter(vehicle_id__in=ids)}
-    history = _history_samples(ids, now - timedelta(days=cfg.prediction_history_days))
-    engine = prediction.engine_for(cfg.prediction_engine)
-    # Each vehicle's latest command by validity (index vehicle, valid_until): its
-    # last decision, and the setpoint or dispatch window still ahead, if any.
-    latest_ids = Vehicle.objects.filter(id__in=ids).annotate(
+def status_rows(vehicles: QuerySet[Vehicle]) -> QuerySet:
+    """The vehicles as ``vehicle_statuses`` reads them: registry, latest state,
+    learned profile and latest command id in one query (joins and one indexed
+    lookup per vehicle), not one ``IN (...)`` list of 10,000 ids per table."""
+    return vehicles.annotate(
         last_command=Subquery(
             Command.objects.filter(vehicle=OuterRef("pk")).order_by("-valid_until").values("id")[:1]
         )
-    )
-    commands = {
-        c.vehicle_id: c
-        for c in Command.objects.filter(id__in=[v.last_command for v in latest_ids if v.last_command])
-        .select_related("dispatch__signal")
-        .annotate(selected=Count("dispatch__commands"))
-    }
+    ).values_list(*STATUS_COLUMNS)
+
+
+def vehicle_statuses(rows: Sequence[tuple], now: datetime) -> list[dict]:
+    """Per vehicle (``rows`` from :func:`status_rows`): current status, forecast
+    plug-in window and SoC, the next dispatch window and the last dispatch
+    decision; two queries whatever the page size. Forecasts come from the
+    learned profiles (``telemetry.learn_profiles``), not the history, so a
+    10,000-vehicle page reads 2 MB of profiles, not weeks of states."""
+    cfg = settings.V2G.telemetry
+    engine = telemetry_services.prediction_engine()
+    learns = isinstance(engine, prediction.HistoryEngine)
+    commands = _commands([r[-1] for r in rows if r[-1] is not None], now)
     stale_before = now - timedelta(seconds=cfg.stale_after_seconds)
-    rows = []
-    for vehicle in vehicles:
-        state, command = states.get(vehicle.id), commands.get(vehicle.id)
-        in_force = (
-            command is not None
-            and command.status in (CommandStatus.ACKED, CommandStatus.PUBLISHED, CommandStatus.PENDING)
-            and command.valid_until > now
-        )
-        latest = (
-            prediction.Sample(state.reported_at, state.soc, state.plugged_in, state.power_kw)
-            if state
-            else None
-        )
-        facts = prediction.VehicleFacts(
-            vehicle_id=vehicle.id, battery_kwh=vehicle.battery_kwh, max_charge_kw=vehicle.max_charge_kw,
-            max_discharge_kw=vehicle.max_discharge_kw, min_soc=vehicle.min_soc, target_soc=vehicle.target_soc,
-            departure_at=vehicle.departure_at, latest=latest,
-            setpoint_kw=command.power_kw if in_force and command.status == CommandStatus.ACKED else 0.0,
-            setpoint_until=command.valid_until if in_force else None,
+    facts, profiles, found = [], [], []
+    for (
+        vid, battery, charge, discharge, min_soc, target, departure,
+        soc, plugged, power, online, reported_at, received_at, tz_key, prob, covered_s, command_id,
+    ) in rows:  # fmt: skip
+        command = commands.get(command_id)
+        in_force = command is not None and command["in_force"]
+        acked = in_force and command["status"] == CommandStatus.ACKED
+        facts.append(
+            prediction.VehicleFacts(
+                vehicle_id=vid, battery_kwh=battery, max_charge_kw=charge, max_discharge_kw=discharge,
+                min_soc=min_soc, target_soc=target, departure_at=departure,
+                latest=prediction.Sample(reported_at, soc, plugged, power) if reported_at else None,
+                setpoint_kw=command["power_kw"] if acked else 0.0,
+                setpoint_until=command["valid_until"] if in_force else None,
+            )
         )  # fmt: skip
-        forecast = engine.forecast(facts, history.get(vehicle.id, []), now, STATUS_OFFSETS_MIN)
-        rows.append(
-            {
-                "vehicle_id": vehicle.id,
-                "current_status": _current_status(
-                    state, in_force and command.status == CommandStatus.ACKED, stale_before
-                ),
-                "forecasted_plugin_window": _window(forecast.plugin_window),
-                "forecasted_soc": {f"t+{m}m": round(soc, 4) for m, soc in sorted(forecast.soc.items())},
-                "next_dispatch_window": _dispatch_window(command) if in_force else None,
-                "last_dispatch_decision": _decision(command) if command else None,
-            }
+        profiles.append(
+            prediction.PlugProfile.from_bytes(tz_key, bytes(prob), covered_s) if learns and prob else None
         )
-    return rows
+        if reported_at is None:
+            status = "unknown"
+        elif not online:
+            status = "offline"
+        elif received_at < stale_before:
+            status = "stale"
+        else:
+            status = "dispatched" if acked else ("plugged_in" if plugged else "unplugged")
+        found.append((vid, status, command, in_force))
+    forecasts = engine.forecast_many(facts, profiles, now, STATUS_OFFSETS_MIN)
+    return [
+        {
+            "vehicle_id": vid,
+            "current_status": status,
+            "forecasted_plugin_window": _window(forecast.plugin_window),
+            "forecasted_soc": {f"t+{m}m": round(soc, 4) for m, soc in forecast.soc.items()},
+            "next_dispatch_window": command["window"] if in_force else None,
+            "last_dispatch_decision": command["decision"] if command else None,
+        }
+        for (vid, status, command, in_force), forecast in zip(found, forecasts, strict=True)
+    ]
 
 
-def _current_status(state: VehicleState | None, dispatched: bool, stale_before: datetime) -> str:
-    if state is None:
-        return "unknown"
-    if not state.online:
-        return "offline"
-    if state.received_at < stale_before:
-        return "stale"
-    if dispatched:
-        return "dispatched"
-    return "plugged_in" if state.plugged_in else "unplugged"
+def _commands(command_ids: list, now: datetime) -> dict:
+    """Command id -> what the status shows of it: whether it is in force, the
+    dispatch window still ahead, and the decision it was part of."""
+    if not command_ids:
+        return {}
+    rows = Command.objects.filter(id__in=command_ids).values(
+        "id", "status", "power_kw", "valid_until", "dispatch_id", "dispatch__target_kw",
+        "dispatch__created_at", "dispatch__signal__signal_type", "dispatch__signal__start_at",
+        "dispatch__signal__duration_s",
+    )  # fmt: skip
+    rows = list(rows)
+    selected = dict(
+        Command.objects.filter(dispatch_id__in={c["dispatch_id"] for c in rows})
+        .values("dispatch_id")
+        .annotate(n=Count("id"))
+        .values_list("dispatch_id", "n")
+    )
+    found = {}
+    for c in rows:
+        signal_end = c["dispatch__signal__start_at"] + timedelta(seconds=c["dispatch__signal__duration_s"])
+        found[c["id"]] = {
+            "status": c["status"],
+            "power_kw": c["power_kw"],
+            "valid_until": c["valid_until"],
+            "in_force": c["status"] in OPEN_OR_ACKED and c["valid_until"] > now,
+            "window": {"start": c["dispatch__signal__start_at"], "end": min(signal_end, c["valid_until"])},
+            "decision": {
+                "signal_type": c["dispatch__signal__signal_type"],
+                "target_power": c["dispatch__target_kw"],
+                "vehicles_selected": selected.get(c["dispatch_id"], 0),
+                "timestamp": c["dispatch__created_at"],
+            },
+        }
+    return found
+
+
+OPEN_OR_ACKED = (CommandStatus.ACKED, CommandStatus.PUBLISHED, CommandStatus.PENDING)
 
 
 def _window(window: tuple[datetime, datetime] | None) -> dict | None:
     return {"start": window[0], "end": window[1]} if window else None
-
-
-def _dispatch_window(command: Command) -> dict:
-    signal = command.dispatch.signal
-    end = min(signal.start_at + timedelta(seconds=signal.duration_s), command.valid_until)
-    return {"start": signal.start_at, "end": end}
-
-
-def _decision(command: Command) -> dict:
-    dispatch = command.dispatch
-    return {
-        "signal_type": dispatch.signal.signal_type,
-        "target_power": dispatch.target_kw,
-        "vehicles_selected": command.selected,
-        "timestamp": dispatch.created_at,
-    }

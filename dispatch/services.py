@@ -49,6 +49,8 @@ from dispatch.models import (
     SignalType,
 )
 from fleet.models import Fleet, Vehicle
+from telemetry import prediction
+from telemetry import services as telemetry_services
 from v2g_project import mqtt
 from v2g_project.bridge import Message
 from v2g_project.config import DispatchConfig
@@ -183,6 +185,7 @@ def policy_from_config(cfg: DispatchConfig) -> domain.Policy:
 VEHICLE_COLUMNS = (
     *("id", "segment", "is_v2g", "active", "battery_kwh", "max_charge_kw", "max_discharge_kw"),
     *("min_soc", "target_soc", "priority", "state__soc", "available"),
+    *("state__plugged_in", "state__reported_at", "departure_at"),  # for the availability forecast
 )
 
 
@@ -191,8 +194,9 @@ def vehicle_states(
 ) -> list[domain.VehicleState]:
     """The fleet as the allocator sees it: registry + latest state + commitments.
 
-    ``with_history`` adds participation and ack rate over the last day (for
-    smart, lp and probabilistic); equal split needs neither.
+    ``with_history`` adds participation and ack rate over the last day and
+    the forecast share of the signal each vehicle stays plugged in (for smart,
+    lp and probabilistic); equal split needs none of them.
     """
     stale_before = now - timedelta(seconds=settings.V2G.telemetry.stale_after_seconds)
     vehicles = Vehicle.objects.active()
@@ -205,6 +209,8 @@ def vehicle_states(
             output_field=BooleanField(),
         )
     ).values_list(*VEHICLE_COLUMNS)
+    if with_history:
+        rows = list(rows)
     committed = set(
         Command.objects.filter(valid_until__gt=now, status__in=(*OPEN_COMMAND, CommandStatus.ACKED))
         .exclude(dispatch__signal_id=signal.id)
@@ -219,7 +225,7 @@ def vehicle_states(
             .annotate(total=Count("id"), acked=Count("id", filter=Q(status=CommandStatus.ACKED)))
             .values_list("vehicle_id", "total", "acked")
         }
-    leaving = _departure_share(vehicles, signal, now) if with_history else {}
+    plugged_share = _plugged_share(rows, signal, now) if with_history else {}
     states = []
     for (
         vid,
@@ -234,6 +240,7 @@ def vehicle_states(
         priority,
         soc,
         available,
+        *_,
     ) in rows:
         total, acked = history.get(vid, (0, 0))
         states.append(
@@ -253,24 +260,43 @@ def vehicle_states(
                 committed=vid in committed,
                 participation=float(total),
                 ack_rate=acked / total if total else 1.0,
-                availability=leaving.get(vid, 1.0),
+                availability=plugged_share.get(vid, 1.0),
             )
         )
     return states
 
 
-def _departure_share(vehicles, signal: FlexibilitySignal, now: datetime) -> dict[str, float]:
+def _plugged_share(rows: list[tuple], signal: FlexibilitySignal, now: datetime) -> dict[str, float]:
     """Availability forecast for scoring: the share of the signal's remaining
-    window a vehicle stays plugged, from its planned departure (the same rule as
-    telemetry.prediction's deterministic engine). Only vehicles leaving before
-    the end are loaded: the others stay at 1."""
+    span each available vehicle is forecast to stay plugged in, from the
+    prediction engine (its learned plug-in profile, its planned departure).
+    Unavailable vehicles are not scored and get no entry."""
     start = max(now, signal.start_at)
     end = _signal_end(signal)
     span = max((end - start).total_seconds(), 1.0)
-    return {
-        vid: min(1.0, max(0.0, (departure - start).total_seconds() / span))
-        for vid, departure in vehicles.filter(departure_at__lt=end).values_list("id", "departure_at")
-    }
+    facts = [
+        prediction.VehicleFacts(
+            vehicle_id=r[0], battery_kwh=r[4], max_charge_kw=r[5], max_discharge_kw=r[6], min_soc=r[7],
+            target_soc=r[8], departure_at=r[14], latest=prediction.Sample(r[13], r[10], r[12], 0.0),
+        )
+        for r in rows
+        if r[11]  # available: plugged in, online, fresh, so it has a latest state
+    ]  # fmt: skip
+    if not facts:
+        return {}
+    engine = telemetry_services.prediction_engine()
+    profiles = (
+        telemetry_services.plug_profiles(f.vehicle_id for f in facts)
+        if isinstance(engine, prediction.HistoryEngine)
+        else {}
+    )
+    forecasts = engine.forecast_many(facts, [profiles.get(f.vehicle_id) for f in facts], start, ())
+    share = {}
+    for f, forecast in zip(facts, forecasts, strict=True):
+        window = forecast.plugin_window
+        stays = 0.0 if window is None else (min(window[1], end) - max(window[0], start)).total_seconds()
+        share[f.vehicle_id] = min(1.0, max(0.0, stays / span))
+    return share
 
 
 def _needs_history(policy: domain.Policy, signal_type: str, round_: int) -> bool:

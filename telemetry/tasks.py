@@ -51,3 +51,10 @@ def telemetry_discover_task() -> str:
 @shared_task(name="telemetry.purge", acks_late=True, max_retries=3, **DB_RETRY)
 def telemetry_purge_task() -> int:
     return services.history_purge(retention_days=settings.V2G.telemetry.retention_days)
+
+
+@shared_task(name="telemetry.learn_profiles", acks_late=True, max_retries=3, **DB_RETRY)
+def telemetry_learn_profiles_task() -> dict:
+    """Relearn every vehicle's plug-in profile (Beat, daily). Recomputed from the
+    history each time, so a rerun or a duplicate is harmless."""
+    return services.profiles_learn()

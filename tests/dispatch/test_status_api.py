@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from dispatch.models import Command, CommandStatus, Dispatch, DispatchStatus, FlexibilitySignal
 from fleet.models import Fleet, Site, Vehicle
-from telemetry.models import VehicleState, VehicleStateHistory
+from telemetry import services as telemetry_services
+from telemetry.models import PlugProfile, VehicleState, VehicleStateHistory
 
 pytestmark = pytest.mark.django_db
 PARIS = ZoneInfo("Europe/Paris")
@@ -92,6 +93,11 @@ def test_the_plug_in_window_is_learned_from_history(api, fleet):
     v = vehicle(fleet, "ev-1", soc=0.5, plugged_in=False)
     now = timezone.now()
     commuter_history(v, now)
+    # Until the profiles are learned, the deterministic fallback: unplugged, no window known.
+    assert (
+        api.get("/api/vehicles/status?fleet_id=f1").json()["results"][0]["forecasted_plugin_window"] is None
+    )
+    assert telemetry_services.profiles_learn(now=now) == {"vehicles": 1, "learned": 1}
     window = api.get("/api/vehicles/status?fleet_id=f1").json()["results"][0]["forecasted_plugin_window"]
     start = datetime.fromisoformat(window["start"]).astimezone(PARIS)
     end = datetime.fromisoformat(window["end"]).astimezone(PARIS)
@@ -139,3 +145,37 @@ def test_dispatch_scoring_sees_departures_as_availability(fleet):
     states = {s.vehicle_id: s for s in vehicle_states(signal, now)}
     assert states[staying.id].availability == 1.0
     assert states[leaving.id].availability == pytest.approx(0.25, abs=0.01)  # leaves after 15 of 60 minutes
+
+
+def test_dispatch_scoring_uses_the_learned_plug_in_pattern(fleet):
+    """Two vehicles plugged in now; one's history says it always leaves at the
+    next quarter-hour: the forecast shortens its share of a one-hour signal."""
+    from dispatch.services import vehicle_states
+
+    now = timezone.now().replace(second=0, microsecond=0)
+    staying, leaving = vehicle(fleet, "ev-1", soc=0.8), vehicle(fleet, "ev-2", soc=0.8)
+    leave_at = (now + timedelta(minutes=15)).astimezone(PARIS)
+    rows = []
+    for v, plugged in ((staying, lambda t: True), (leaving, lambda t: not _same_slot_or_later(t, leave_at))):
+        t = now - timedelta(days=7)
+        while t < now:
+            rows.append(VehicleStateHistory(vehicle=v, soc=0.8, plugged_in=plugged(t), power_kw=0.0,
+                                            reported_at=t, received_at=t))  # fmt: skip
+            t += timedelta(minutes=15)
+    VehicleStateHistory.objects.bulk_create(rows)
+    telemetry_services.profiles_learn(now=now)
+    assert PlugProfile.objects.count() == 2
+    signal = FlexibilitySignal.objects.create(
+        signal_type="NEBEF", power_kw=10, start_at=now, duration_s=3600, valid_until=now + timedelta(hours=1)
+    )
+    states = {s.vehicle_id: s for s in vehicle_states(signal, now)}
+    assert states[staying.id].availability == 1.0
+    assert 0.0 < states[leaving.id].availability <= 0.5
+
+
+def _same_slot_or_later(t: datetime, leave_at: datetime) -> bool:
+    """Local time of day at or after ``leave_at``'s quarter-hour, for two hours (then back)."""
+    local = t.astimezone(PARIS)
+    minutes = local.hour * 60 + local.minute
+    start = leave_at.hour * 60 + leave_at.minute // 15 * 15
+    return 0 <= (minutes - start) % 1440 < 120

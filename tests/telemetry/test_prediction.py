@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -13,10 +14,13 @@ from telemetry.prediction import (
     DeterministicEngine,
     Forecast,
     HistoryEngine,
+    PlugProfile,
     Sample,
     VehicleFacts,
     engine_for,
     learn_profile,
+    simulate_soc,
+    simulate_soc_many,
 )
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -355,3 +359,73 @@ def test_engine_for(name: str, cls: type) -> None:
 def test_engine_for_unknown(name: str) -> None:
     with pytest.raises(ValueError, match=r"'deterministic', 'history'"):
         engine_for(name)
+
+
+def test_many_vehicles_at_once_match_one_at_a_time() -> None:
+    """forecast_many (the status endpoint's and dispatch's path, on stored
+    profiles) gives each vehicle the forecast it gets alone, whatever its
+    neighbours in the batch; None profiles take the fallback."""
+    now = paris(2025, 3, 25, 22)
+    engine = HistoryEngine()
+    commuter_profile = engine.profile(synthetic_history(now, 14, commuter), now)
+    nightly_profile = engine.profile(synthetic_history(now, 14, nightly), now)
+    cases = [
+        (facts(plugged=True, at=now), commuter_profile),
+        (facts(plugged=False, at=now), nightly_profile),
+        (facts(plugged=True, at=now, departure_at=paris(2025, 3, 26, 6)), commuter_profile),
+        (facts(plugged=False, at=now), None),
+        (facts(latest=False), nightly_profile),
+        (facts(soc=None, plugged=False, at=now), commuter_profile),
+    ]
+    batch = engine.forecast_many([f for f, _ in cases], [p for _, p in cases], now, [0, 15, 120])
+    for (f, profile), got in zip(cases, batch, strict=True):
+        if profile is None:
+            alone = engine.fallback.forecast(f, (), now, [0, 15, 120])
+        else:
+            window = engine.window(f, profile, now)
+            alone = Forecast(window, engine.forecast_many([f], [profile], now, [0, 15, 120])[0].soc)
+        assert got == alone
+    assert batch[0].plugin_window == (now, paris(2025, 3, 26, 7, 30))
+    assert batch[3].plugin_window is None  # unplugged, nothing learned: unknown
+
+
+def test_stored_profile_round_trip_keeps_the_forecast() -> None:
+    now = paris(2025, 3, 25, 12)
+    profile = HistoryEngine().profile(synthetic_history(now, 14, commuter), now)
+    data = profile.to_bytes()
+    assert len(data) == 192
+    stored = PlugProfile.from_bytes(profile.tz_key, data, profile.covered_s)
+    assert abs(stored.prob - profile.prob).max() <= 0.5 / 255 + 1e-12
+    f = facts(plugged=False, at=now)
+    assert HistoryEngine().window(f, stored, now) == HistoryEngine().window(f, profile, now)
+    with pytest.raises(ValueError, match="192 bytes"):
+        PlugProfile.from_bytes("Europe/Paris", data[:-1], 0.0)
+
+
+def test_vectorised_soc_matches_the_scalar_physics_on_random_vehicles() -> None:
+    """simulate_soc_many (status pages, dispatch) against simulate_soc, the
+    reference, on 2,000 random vehicles: setpoints either way or held at 0,
+    windows ahead, behind or absent, SoC below the floor, above the target,
+    unknown, zero-capacity batteries."""
+    rng = random.Random(11)
+    facts_list, windows = [], []
+    for i in range(2000):
+        soc = rng.choice([None, rng.random(), 0.05, 1.0])
+        until = rng.choice([None, NOW + timedelta(minutes=rng.randint(-30, 300))])
+        facts_list.append(
+            VehicleFacts(
+                vehicle_id=f"ev-{i}", battery_kwh=rng.choice([0.0, 40.0, 77.0]),
+                max_charge_kw=rng.choice([0.0, 7.4, 11.0]), max_discharge_kw=rng.choice([0.0, 10.0]),
+                min_soc=rng.choice([0.1, 0.3]), target_soc=rng.choice([0.7, 0.9]), departure_at=None,
+                latest=Sample(NOW, soc, rng.random() < 0.5, 0.0) if rng.random() < 0.9 else None,
+                setpoint_kw=rng.choice([0.0, -20.0, -5.0, 6.0, 30.0]), setpoint_until=until,
+            )
+        )  # fmt: skip
+        start = NOW + timedelta(minutes=rng.randint(-120, 300))
+        windows.append(rng.choice([None, (start, start + timedelta(minutes=rng.randint(0, 600)))]))
+    offsets = [0, 15, 30, 60, 120, 240, 480]
+    batch = simulate_soc_many(facts_list, NOW, windows, offsets)
+    for f, window, got in zip(facts_list, windows, batch, strict=True):
+        expected = simulate_soc(f, NOW, window, offsets)
+        assert list(got) == list(expected)
+        assert got == pytest.approx(expected, abs=1e-12)
