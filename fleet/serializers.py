@@ -10,11 +10,20 @@ class FleetSerializer(serializers.ModelSerializer):
         read_only_fields = ("created_at", "updated_at")
 
 
+class SiteNameField(serializers.SlugRelatedField):
+    """A site by name. Names are unique within a fleet only: a lookup here,
+    across fleets, could find two (a 500) or tell that another fleet has such
+    a site; ``VehicleSerializer.validate`` resolves it in the vehicle's fleet."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return data
+
+
 class VehicleSerializer(serializers.ModelSerializer):
     fleet = serializers.PrimaryKeyRelatedField(queryset=Fleet.objects.all())
-    site = serializers.SlugRelatedField(
-        slug_field="name", queryset=Site.objects.all(), required=False, allow_null=True
-    )
+    site = SiteNameField(slug_field="name", queryset=Site.objects.all(), required=False, allow_null=True)
 
     class Meta:
         model = Vehicle
@@ -45,8 +54,8 @@ class VehicleSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs):
         fleet = attrs.get("fleet") or getattr(self.instance, "fleet", None)
-        site_name = self.initial_data.get("site") if hasattr(self, "initial_data") else None
-        if site_name and fleet is not None:
+        site_name = attrs.get("site")  # a name from SiteNameField, or None
+        if isinstance(site_name, str) and fleet is not None:
             # Site names are unique per fleet, not globally: resolve within the fleet.
             site = Site.objects.filter(fleet=fleet, name=site_name).first()
             if site is None:

@@ -67,3 +67,15 @@ def test_fleets_endpoint(api):
         == 201
     )
     assert [f["id"] for f in api.get("/api/fleets/").json()["results"]] == ["lyon"]
+
+
+def test_a_site_name_used_by_two_fleets_resolves_in_the_vehicle_fleet(api, fleet):
+    lyon = Fleet.objects.create(id="lyon", name="Lyon")
+    lyon_depot = Site.objects.create(fleet=lyon, name="Depot")  # as in paris-vans
+
+    created = api.post("/api/vehicles/", {**VEHICLE, "fleet": "lyon"}, content_type="application/json")
+
+    assert created.status_code == 201, created.json()
+    assert Vehicle.objects.get(id="ev-42").site == lyon_depot
+    moved = api.patch("/api/vehicles/ev-42/", {"site": None}, content_type="application/json")
+    assert moved.status_code == 200 and moved.json()["site"] is None
