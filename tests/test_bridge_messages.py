@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
 from prometheus_client import REGISTRY
 
 from v2g_project.bridge import Bridge, Message, Route, platform_lwt_handle
@@ -18,6 +19,11 @@ def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+# The bridge refreshes the database connection before each handler call
+# (close_old_connections), so the test needs database access even though the
+# route here writes nothing: without it, the outcome depends on whether an
+# earlier test of the session opened a connection.
+@pytest.mark.django_db
 def test_the_retain_flag_reaches_the_route_and_empty_payloads_are_skipped():
     received: list[Message] = []
     route = Route("vehicle_lwt", "v2g/vehicle/lwt/+", received.extend)
