@@ -10,13 +10,14 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from dispatch import selectors, services
-from dispatch.models import SignalSource
+from dispatch.models import Dispatch, SignalSource
 from dispatch.serializers import (
     DispatchDetailSerializer,
     SignalCreatedSerializer,
     SignalCreateSerializer,
     VehicleStatusSerializer,
 )
+from fleet import access
 from fleet.models import Fleet, Site, Vehicle
 
 SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
@@ -30,6 +31,8 @@ class SignalViewSet(viewsets.ViewSet):
     def create(self, request):
         incoming = SignalCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
+        # Before the fleet is looked up: a scoped token learns nothing of other fleets.
+        access.require_fleet(request, incoming.validated_data.get("fleet_id"))
         try:
             signal, dispatch = services.signal_submit(source=SignalSource.API, **incoming.validated_data)
         except services.SignalRejected as exc:
@@ -50,6 +53,9 @@ class DispatchViewSet(viewsets.ViewSet):
             dispatch_id = uuid.UUID(str(pk))
         except ValueError:
             raise NotFound(f"no dispatch {pk}") from None
+        # Another fleet's dispatch (or, for a scoped token, one for every fleet) is not found.
+        if not access.visible(Dispatch.objects.filter(id=dispatch_id), request, "signal__fleet_id"):
+            raise NotFound(f"no dispatch {pk}")
         detail = selectors.dispatch_detail(dispatch_id)
         if detail is None:
             raise NotFound(f"no dispatch {pk}")
@@ -63,7 +69,7 @@ class VehicleStatusView(generics.GenericAPIView):
     serializer_class = VehicleStatusSerializer
 
     def get_queryset(self):
-        vehicles = Vehicle.objects.active().order_by("id")
+        vehicles = access.scope(Vehicle.objects.active().order_by("id"), self.request)
         params = self.request.query_params
         # An unknown value matches nothing (an empty list); a malformed one is a 400.
         for param, lookup, max_length in (
@@ -76,6 +82,8 @@ class VehicleStatusView(generics.GenericAPIView):
                 continue
             if not value or len(value) > max_length or (param == "fleet_id" and not SLUG.match(value)):
                 raise ValidationError({param: [f"not a valid {param}: {value[:80]!r}"]})
+            if param == "fleet_id":
+                access.require_fleet(self.request, value)
             vehicles = vehicles.filter(**{lookup: value})
         return selectors.status_rows(vehicles)
 

@@ -1,7 +1,12 @@
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Count
+from django.utils import timezone
+from django.utils.html import format_html
 
-from fleet.models import Fleet, Site, Vehicle
+from fleet import services
+from fleet.models import ApiToken, Fleet, Site, Vehicle
 
 
 class SiteInline(admin.TabularInline):
@@ -74,3 +79,82 @@ class VehicleAdmin(admin.ModelAdmin):
     def deactivate(self, request, queryset):
         count = queryset.update(active=False)
         self.message_user(request, f"{count} vehicle(s) deactivated.", messages.SUCCESS)
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ("name", "all_fleets", "fleets", "expires_at")
+
+    def clean(self):
+        data = super().clean()
+        fleets = data.get("fleets")
+        if data.get("all_fleets") and fleets:
+            raise ValidationError("Choose either all fleets or some fleets, not both.")
+        if not data.get("all_fleets") and not fleets and "fleets" not in self.errors:
+            self.add_error("fleets", "Choose the fleets this token may see, or tick all fleets.")
+        expires_at = data.get("expires_at")
+        if expires_at is not None and self.instance.pk is None and expires_at <= timezone.now():
+            self.add_error("expires_at", "This time is already past.")
+        return data
+
+
+READ_ONLY_TOKEN_FIELDS = ("key", "state", "created_by", "created_at", "last_used_at", "revoked_at")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Issue API tokens (the plaintext is shown once, on creation) and revoke them."""
+
+    form = ApiTokenForm
+    list_display = ("name", "key", "scope", "state", "expires_at", "last_used_at", "created_by", "created_at")
+    list_filter = ("all_fleets", "fleets", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "prefix")
+    filter_horizontal = ("fleets",)
+    actions = ("revoke",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("created_by").prefetch_related("fleets")
+
+    def get_fields(self, request, obj=None):
+        editable = ("name", "all_fleets", "fleets", "expires_at")
+        return editable if obj is None else ("key", *editable, *READ_ONLY_TOKEN_FIELDS[1:])
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else READ_ONLY_TOKEN_FIELDS
+
+    def save_model(self, request, obj, form, change):
+        plaintext = None
+        if not change:
+            plaintext = obj.new_key()
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        if plaintext:
+            # The only time it is shown: only its hash is stored.
+            self.message_user(
+                request,
+                format_html(
+                    "API token for “{}”: <code>{}</code> — copy it now, it is not stored and will not be "
+                    "shown again. Use it as <code>Authorization: Bearer &lt;token&gt;</code>.",
+                    obj.name,
+                    plaintext,
+                ),
+                messages.WARNING,
+            )
+
+    @admin.display(description="token")
+    def key(self, obj: ApiToken) -> str:
+        return f"v2g_{obj.prefix}_…"
+
+    @admin.display(description="fleets")
+    def scope(self, obj: ApiToken) -> str:
+        return "all fleets" if obj.all_fleets else ", ".join(f.id for f in obj.fleets.all()) or "none"
+
+    @admin.display(description="status")
+    def state(self, obj: ApiToken) -> str:
+        return obj.status(timezone.now())
+
+    @admin.action(description="Revoke selected API tokens")
+    def revoke(self, request, queryset):
+        count = services.api_token_revoke(token_ids=queryset.values_list("pk", flat=True))
+        self.message_user(request, f"{count} API token(s) revoked.", messages.SUCCESS)

@@ -1,5 +1,8 @@
+from collections.abc import Mapping
+
 from rest_framework import viewsets
 
+from fleet import access
 from fleet.models import Fleet, Vehicle
 from fleet.serializers import FleetSerializer, VehicleSerializer
 
@@ -7,9 +10,15 @@ from fleet.serializers import FleetSerializer, VehicleSerializer
 class FleetViewSet(viewsets.ModelViewSet):
     """Fleets of the registry."""
 
-    queryset = Fleet.objects.all()
     serializer_class = FleetSerializer
     http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return access.scope(Fleet.objects.all(), self.request, "id")
+
+    def create(self, request, *args, **kwargs):
+        access.require_all_fleets(request, "creating a fleet")
+        return super().create(request, *args, **kwargs)
 
 
 class VehicleViewSet(viewsets.ModelViewSet):
@@ -19,8 +28,10 @@ class VehicleViewSet(viewsets.ModelViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
-        queryset = Vehicle.objects.select_related("fleet", "site")
+        queryset = access.scope(Vehicle.objects.select_related("fleet", "site"), self.request)
         params = self.request.query_params
+        if params.get("fleet_id"):
+            access.require_fleet(self.request, params["fleet_id"])
         for param, lookup in (
             ("fleet_id", "fleet_id"),
             ("site", "site__name"),
@@ -30,3 +41,26 @@ class VehicleViewSet(viewsets.ModelViewSet):
             if params.get(param):
                 queryset = queryset.filter(**{lookup: params[param]})
         return queryset
+
+    def get_serializer(self, *args, **kwargs):
+        serializer = super().get_serializer(*args, **kwargs)
+        if "fleet" in getattr(serializer, "fields", {}):
+            # Whatever the input's form, a vehicle only goes to a fleet in scope.
+            serializer.fields["fleet"].queryset = access.scope(Fleet.objects.all(), self.request, "id")
+        return serializer
+
+    def create(self, request, *args, **kwargs):
+        self._check_fleet(request)
+        return super().create(request, *args, **kwargs)
+
+    def partial_update(self, request, *args, **kwargs):
+        self._check_fleet(request)
+        return super().partial_update(request, *args, **kwargs)
+
+    @staticmethod
+    def _check_fleet(request) -> None:
+        """403 for a fleet outside the caller's scope, before it is looked up
+        (a 400 "no such fleet" would tell other fleets' ids)."""
+        fleet = request.data.get("fleet") if isinstance(request.data, Mapping) else None
+        if fleet is not None and not isinstance(fleet, dict | list):
+            access.require_fleet(request, str(fleet), "fleet")

@@ -1,4 +1,5 @@
-"""The fleet registry: fleets, their sites and their vehicles.
+"""The fleet registry: fleets, their sites and their vehicles; and the API
+tokens, since the fleet is the unit of access (see fleet/access.py).
 
 Conventions (SPEC §2): powers in kW and energies in kWh, both non-negative
 here (they are limits; the sign lives in setpoints); state of charge fields
@@ -7,6 +8,10 @@ named ``*_soc`` are fractions 0-1; datetimes are aware UTC.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -128,3 +133,66 @@ class Vehicle(models.Model):
 
         if self.site_id and self.fleet_id and self.site.fleet_id != self.fleet_id:
             raise ValidationError({"site": "The site belongs to another fleet."})
+
+
+class ApiToken(models.Model):
+    """A bearer token for the REST API, scoped to some fleets or to all of them.
+
+    Only a SHA-256 of the token is stored: the plaintext is shown once when it
+    is issued (admin or ``api_token_create``) and cannot be recovered. The
+    token reads ``v2g_<prefix>_<secret>``; the prefix is not secret and finds
+    the row, the hash of the whole token is then compared in constant time.
+    """
+
+    PREFIX_LENGTH = 8
+
+    name = models.CharField(max_length=200, help_text="Who or what uses it, e.g. 'EMS integration'.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False, help_text="SHA-256 of the token, hex.")
+    all_fleets = models.BooleanField(
+        default=False, help_text="Every fleet, present and future (else only the fleets chosen)."
+    )
+    fleets = models.ManyToManyField(Fleet, blank=True, related_name="api_tokens")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, help_text="Updated at most once a minute.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} (v2g_{self.prefix}_…)"
+
+    @staticmethod
+    def hash(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def split(cls, token: str) -> str | None:
+        """The prefix of a well-formed token, else None."""
+        if not token.startswith("v2g_") or len(token) < 4 + cls.PREFIX_LENGTH + 2:
+            return None
+        prefix, sep = token[4 : 4 + cls.PREFIX_LENGTH], token[4 + cls.PREFIX_LENGTH]
+        return prefix if sep == "_" and prefix.isalnum() else None
+
+    def new_key(self) -> str:
+        """Give the token a fresh secret; returns the plaintext, never stored."""
+        self.prefix = secrets.token_hex(self.PREFIX_LENGTH // 2)
+        while ApiToken.objects.filter(prefix=self.prefix).exists():  # 1 in 4 billion
+            self.prefix = secrets.token_hex(self.PREFIX_LENGTH // 2)
+        token = f"v2g_{self.prefix}_{secrets.token_urlsafe(32)}"
+        self.key_hash = self.hash(token)
+        return token
+
+    def status(self, now) -> str:
+        """The state of the token now: revoked, expired or active."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"

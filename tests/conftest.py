@@ -84,8 +84,11 @@ def metric_value(client, name: str, **labels) -> float:
 
 @pytest.fixture
 def api(client, django_user_model):
-    """The Django test client, logged in as an API user (session authentication)."""
-    client.force_login(django_user_model.objects.create_user("integrator", password="pw-integrator-1"))
+    """The Django test client, logged in as an operator: a staff user's session
+    (the API takes sessions of staff users only; integrators use tokens)."""
+    client.force_login(
+        django_user_model.objects.create_user("api-operator", password="pw-operator-1", is_staff=True)
+    )
     return client
 
 

@@ -85,9 +85,10 @@ def test_example_secrets_are_empty():
         data["database"]["url"],
         data["celery"]["result_backend"],
         data["web"]["secret_key"],
+        data["api"]["static_token"],
     ]
 
-    assert secrets == [""] * 6
+    assert secrets == [""] * 7
 
 
 def test_example_every_key_line_has_a_comment():
@@ -558,3 +559,64 @@ def test_time_zone_naming_a_zoneinfo_directory_is_a_config_error(tmp_path):
 )
 def test_section_given_as_a_scalar_does_not_echo_secrets(tmp_path, text, env):
     assert SECRET not in error_of(tmp_path, text, env)
+
+
+# --- api: tokens, throttling, CORS ------------------------------------------------
+
+
+def test_api_defaults_are_closed():
+    api = Config().api
+
+    assert api.static_token.get_secret_value() == ""  # no static token
+    assert api.cors_allowed_origins == []  # no CORS
+    assert api.throttle_rate == "600/min"
+
+
+def test_api_keys_from_the_environment(tmp_path):
+    config = load(
+        tmp_path,
+        env={
+            "K_API__STATIC_TOKEN": "a-long-enough-static-token",
+            "K_API__STATIC_TOKEN_FLEETS": "paris,lyon",
+            "K_API__THROTTLE_RATE": "30 / minute",
+            "K_API__CORS_ALLOWED_ORIGINS": "https://dash.example.com,http://localhost:3000",
+        },
+    )
+
+    assert config.api.static_token.get_secret_value() == "a-long-enough-static-token"
+    assert config.api.static_token_fleets == ["paris", "lyon"]
+    assert config.api.throttle_rate == "30/minute"
+    assert config.api.cors_allowed_origins == ["https://dash.example.com", "http://localhost:3000"]
+
+
+def test_an_empty_throttle_rate_disables_throttling(tmp_path):
+    assert load(tmp_path, 'api:\n  throttle_rate: ""\n').api.throttle_rate == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("api:\n  throttle_rate: 10/fortnight\n", ["api.throttle_rate", "N/period", "'10/fortnight'"]),
+        ("api:\n  throttle_rate: 0/min\n", ["api.throttle_rate"]),
+        ("api:\n  throttle_rate: fast\n", ["api.throttle_rate"]),
+        ("api:\n  cors_allowed_origins: [dash.example.com]\n", ["api.cors_allowed_origins", "scheme://host"]),
+        ("api:\n  cors_allowed_origins: ['https://dash.example.com/']\n", ["api.cors_allowed_origins"]),
+        ("api:\n  cors_allowed_origins: ['ftp://dash.example.com']\n", ["api.cors_allowed_origins"]),
+        ("api:\n  static_token_fleets: ['paris vans']\n", ["api.static_token_fleets"]),
+        ("api:\n  static_token: with a space inside\n", ["api.static_token", "spaces"]),
+    ],
+)
+def test_bad_api_value_names_the_key(tmp_path, text, expected):
+    message = error_of(tmp_path, text)
+
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_a_short_static_token_names_the_key_and_is_not_echoed(tmp_path):
+    message = error_of(tmp_path, env={"K_API__STATIC_TOKEN": "short-s3cret"})
+
+    assert "api.static_token" in message
+    assert "K_API__STATIC_TOKEN" in message
+    assert "at least 16 characters" in message
+    assert "short-s3cret" not in message

@@ -61,8 +61,10 @@ def test_metrics_endpoint_serves_prometheus_text(client):
 
 @pytest.mark.django_db
 def test_api_root_needs_a_login_and_lists_the_registry(client, django_user_model):
-    assert client.get("/api/").status_code == 403
-    user = django_user_model.objects.create_user("operator", password="pw-operator-1")
+    response = client.get("/api/")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    user = django_user_model.objects.create_user("operator", password="pw-operator-1", is_staff=True)
     client.force_login(user)
     body = client.get("/api/", HTTP_ACCEPT="application/json").json()
     assert {"fleets", "vehicles"} <= set(body)

@@ -12,6 +12,7 @@ value raises :class:`ConfigError` naming the key and where it came from.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -358,6 +359,56 @@ class WebConfig(Section):
         return self
 
 
+# --- api: access to the REST API (README "API access") -----------------------
+
+THROTTLE_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+STATIC_TOKEN_MIN_LENGTH = 16
+
+
+class ApiConfig(Section):
+    # Empty: off. A shared secret for simple set-ups; per-integrator tokens
+    # (hashed, scoped, revocable) are issued in the admin instead.
+    static_token: SecretStr = SecretStr("")
+    static_token_fleets: list[Annotated[str, Field(pattern=r"^[-a-zA-Z0-9_]{1,64}$")]] = Field(
+        default_factory=list
+    )
+    throttle_rate: str = "600/min"
+    cors_allowed_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("static_token")
+    @classmethod
+    def _static_token(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if secret and len(secret) < STATIC_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {STATIC_TOKEN_MIN_LENGTH} characters (empty disables the static token)"
+            )
+        if any(ch.isspace() for ch in secret):
+            raise ValueError("must not contain spaces (it travels in an Authorization header)")
+        return value
+
+    @field_validator("throttle_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        match = THROTTLE_RATE.match(value)
+        if not match or int(match.group(1)) == 0:
+            raise ValueError("expected N/period with N > 0 and period s, min, hour or day, e.g. 600/min")
+        return f"{int(match.group(1))}/{match.group(2)}"
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+                raise ValueError(
+                    f"{origin!r} is not an origin: expected scheme://host[:port], http or https, no path or /"
+                )
+        return value
+
+
 class Config(Section):
     mqtt: MqttConfig = MqttConfig()
     dispatch: DispatchConfig = DispatchConfig()
@@ -371,6 +422,7 @@ class Config(Section):
     database: DatabaseConfig = DatabaseConfig()
     celery: CeleryConfig = CeleryConfig()
     web: WebConfig = WebConfig()
+    api: ApiConfig = ApiConfig()
 
 
 # --- loading -----------------------------------------------------------------

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_celery_beat",
+    "corsheaders",
     "v2g_project",
     "fleet",
     "telemetry",
@@ -56,6 +57,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything that can answer (WhiteNoise, CommonMiddleware); /api/ only, see below.
+    "corsheaders.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -140,9 +143,12 @@ if not DEBUG:
 # --- REST framework ------------------------------------------------------------
 
 REST_FRAMEWORK = {
+    # Bearer first: its WWW-Authenticate header makes a missing login a 401.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        "fleet.auth.BearerTokenAuthentication",
+        "fleet.auth.StaffSessionAuthentication",
     ],
+    "DEFAULT_THROTTLE_CLASSES": ["fleet.auth.TokenRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
@@ -188,6 +194,32 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": V2G.celery.visi
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- API: throttle counters, CORS ---------------------------------------------------
+
+# Throttle counters must be shared by every web process (gunicorn workers):
+# the broker's Redis when it is Redis, else (the embedded demo) each
+# process's memory. Short timeouts: the throttle lets requests through when
+# Redis does not answer rather than failing them.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CELERY_BROKER_URL,
+            "KEY_PREFIX": "v2g-throttle",
+            "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+        }
+        if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}
+    ),
+}
+
+# Cross-origin browser access to /api/ for the configured origins only; none
+# configured (the default): the middleware matches no path, no CORS header at all.
+CORS_ALLOWED_ORIGINS = list(V2G.api.cors_allowed_origins)
+CORS_URLS_REGEX = r"^/api/" if CORS_ALLOWED_ORIGINS else r"(?!)"
+CORS_ALLOW_CREDENTIALS = False  # tokens travel in the Authorization header, not cookies
 
 # --- MQTT bridge: apps add their routes (acks, telemetry) here ---------------------
 

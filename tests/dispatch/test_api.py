@@ -73,4 +73,4 @@ def test_unknown_or_malformed_dispatch_ids_are_404(api):
 
 
 def test_signals_need_a_login(client):
-    assert client.post("/api/signals/", {}, content_type="application/json").status_code == 403
+    assert client.post("/api/signals/", {}, content_type="application/json").status_code == 401

@@ -129,7 +129,7 @@ def test_unknown_filter_values_give_an_empty_list_and_login_is_required(api, cli
     vehicle(fleet, "ev-1", soc=0.5)
     assert api.get("/api/vehicles/status?fleet_id=nope").json()["results"] == []
     client.logout()
-    assert client.get("/api/vehicles/status").status_code == 403
+    assert client.get("/api/vehicles/status").status_code == 401
 
 
 def test_dispatch_scoring_sees_departures_as_availability(fleet):
