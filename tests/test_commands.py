@@ -129,6 +129,13 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
 
         body = wait_for(healthz, 30, "the demo web server")
         assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+        # The API token it prints opens the API.
+        token = re.search(r"Authorization: Bearer (v2g_\S+)'", output).group(1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/fleets/", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert [f["id"] for f in json.load(response)["results"]] == ["demo"]
         # Simulated vehicles acknowledge a demo signal, end to end.
         wait_for(lambda: summary.search("".join(lines)), 90, "a demo dispatch to finish")
         demo.send_signal(signal.SIGINT)  # Ctrl-C

@@ -29,7 +29,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from fleet.models import Fleet, Site, Vehicle
+from fleet import services as fleet_services
+from fleet.models import ApiToken, Fleet, Site, Vehicle
 from v2g_project import health, mqtt
 from v2g_project.metrics import multiproc_dir_wipe
 
@@ -43,6 +44,7 @@ def _free_port() -> int:
 
 
 DEMO_FLEET = "demo"
+DEMO_TOKEN_NAME = "demo (manage.py demo)"
 
 
 class Command(BaseCommand):
@@ -253,6 +255,11 @@ class Command(BaseCommand):
                 ]
             )
         self.say(f"demo fleet '{DEMO_FLEET}': {Vehicle.objects.filter(fleet=fleet).count()} vehicles")
+        # A fresh API token each run (the last one is revoked): only its hash is kept.
+        fleet_services.api_token_revoke(
+            token_ids=ApiToken.objects.filter(name=DEMO_TOKEN_NAME).values_list("pk", flat=True)
+        )
+        _token, self.api_token = fleet_services.api_token_create(name=DEMO_TOKEN_NAME, all_fleets=True)
 
     def _start(self, name: str, command: list[str], env: dict[str, str]) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -270,7 +277,7 @@ class Command(BaseCommand):
         self.stdout.write(
             "\n"
             f"  admin    {url}/admin/   (login {DEMO_USER} / {DEMO_PASSWORD})\n"
-            f"  API      {url}/api/\n"
+            f"  API      {url}/api/   (curl -H 'Authorization: Bearer {self.api_token}' {url}/api/fleets/)\n"
             f"  metrics  {url}/metrics\n"
             f"  health   {url}/healthz\n"
             f"  logs     {self.log_dir}/\n"
