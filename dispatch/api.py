@@ -3,22 +3,27 @@ from __future__ import annotations
 import re
 import uuid
 
+from django.conf import settings
 from django.utils import timezone
+from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import generics, status, viewsets
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from dispatch import selectors, services
-from dispatch.models import Dispatch, SignalSource
+from dispatch.filters import DispatchLogFilter
+from dispatch.models import Dispatch, DispatchLogEntry, SignalSource
 from dispatch.serializers import (
     DispatchDetailSerializer,
+    DispatchLogEntrySerializer,
     SignalCreatedSerializer,
     SignalCreateSerializer,
     VehicleStatusSerializer,
 )
 from fleet import access
 from fleet.models import Fleet, Site, Vehicle
+from v2g_project.pagination import KeysetPagination
 
 SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 
@@ -92,3 +97,41 @@ class VehicleStatusView(generics.GenericAPIView):
         # Rows are plain JSON types already (the serializer documents them): a
         # serializer pass would triple the time of a 10,000-vehicle page.
         return self.get_paginated_response(selectors.vehicle_statuses(page, timezone.now()))
+
+
+class DispatchLogPagination(KeysetPagination):
+    # Every vehicle of a round is logged with the same time: the id breaks the
+    # ties, and the indexes are (..., at, id) to match (migration 0004).
+    orderings = {"-at": ("-at", "-id"), "at": ("at", "id")}
+
+
+class DispatchLogNotQueryable(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "dispatch_log_not_queryable"
+
+
+class DispatchLogView(generics.ListAPIView):
+    """The dispatch log (SPEC §9): one record per vehicle per dispatch round,
+    newest first; ?start=&end=&vehicle_id=&signal_type=&dispatch_id=, cursor
+    pages (?page_size=, at most 1000, then the ``next`` link), ?ordering=at
+    for oldest first. Answers 409 when ``logging.backend`` is ``jsonl``: the
+    records then go to a rotated file, not to the database this reads."""
+
+    serializer_class = DispatchLogEntrySerializer
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = DispatchLogFilter
+    pagination_class = DispatchLogPagination
+
+    def get_queryset(self):
+        return DispatchLogEntry.objects.all()
+
+    def list(self, request, *args, **kwargs):
+        backend = settings.V2G.logging.backend
+        if backend != "sqlite":
+            raise DispatchLogNotQueryable(
+                f"the dispatch log is not queryable here: logging.backend is {backend!r}, so records "
+                "are written to the file logging.jsonl_path, not to the database; read that file (one "
+                "JSON object per line), or set logging.backend to 'sqlite' to log to the database and "
+                "query it here"
+            )
+        return super().list(request, *args, **kwargs)

@@ -175,7 +175,7 @@ class DispatchLogEntry(models.Model):
 
     at = models.DateTimeField()
     command_id = models.UUIDField(unique=True)
-    dispatch_id = models.UUIDField(db_index=True)
+    dispatch_id = models.UUIDField()
     signal_id = models.UUIDField()
     signal_type = models.CharField(max_length=16)
     target_kw = models.FloatField()
@@ -191,10 +191,14 @@ class DispatchLogEntry(models.Model):
     class Meta:
         ordering = ["-at"]
         verbose_name_plural = "dispatch log"
+        # One per filter of GET /api/dispatch/logs, each ending in the API's
+        # order (at, id): a page is one index range scan, no sort, at any depth
+        # (the cursor holds (at, id); a round logs all its vehicles at one time).
         indexes = [
-            models.Index(fields=["at"], name="dlog_at"),
-            models.Index(fields=["vehicle_id", "at"], name="dlog_vehicle_at"),
-            models.Index(fields=["signal_type", "at"], name="dlog_type_at"),
+            models.Index(fields=["at", "id"], name="dlog_at_id"),
+            models.Index(fields=["vehicle_id", "at", "id"], name="dlog_vehicle_at_id"),
+            models.Index(fields=["signal_type", "at", "id"], name="dlog_type_at_id"),
+            models.Index(fields=["dispatch_id", "at", "id"], name="dlog_dispatch_at_id"),
         ]
 
     def __str__(self) -> str:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from dispatch.models import Dispatch, FlexibilitySignal, SignalType
+from dispatch.log import FIELDS
+from dispatch.models import Dispatch, DispatchLogEntry, FlexibilitySignal, SignalType
 
 
 class SignalCreateSerializer(serializers.Serializer):
@@ -103,3 +104,26 @@ class VehicleStatusSerializer(serializers.Serializer):
     )
     next_dispatch_window = WindowSerializer(allow_null=True)
     last_dispatch_decision = DecisionSerializer(allow_null=True)
+
+
+class DispatchLogEntrySerializer(serializers.ModelSerializer):
+    """One dispatch log record (SPEC §9): the fields of the JSONL backend's lines."""
+
+    class Meta:
+        model = DispatchLogEntry
+        fields = FIELDS
+        extra_kwargs = {
+            "at": {
+                "help_text": "When the round was final (UTC); all vehicles of a round have the same time."
+            },
+            "signal_type": {"help_text": "FCR, aFRR, mFRR, MA, NEBEF or EcoWatt."},
+            "target_kw": {"help_text": "kW the round asked of the fleet, signed (positive = to the grid)."},
+            "command_id": {"help_text": "The command sent to the vehicle; unique per record."},
+            "allocated_kw": {"help_text": "kW allocated to this vehicle, signed."},
+            "setpoint_kw": {"help_text": "Setpoint sent to the vehicle, kW, signed."},
+            "status": {"help_text": "Command outcome: acked, rejected, timed_out or failed."},
+            "acknowledged": {"help_text": "The vehicle accepted the setpoint in time."},
+            "ack_latency_s": {"help_text": "Publish to ack, seconds; null when there was no ack."},
+            "fallback_round": {"help_text": "0 for the first round, then 1, 2... for fallback rounds."},
+            "score": {"help_text": "The vehicle's allocation score; null for strategies without one."},
+        }

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_celery_beat",
+    "django_filters",  # its form templates, for the browsable API
     "corsheaders",
     "v2g_project",
     "fleet",

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from dispatch.api import DispatchViewSet, SignalViewSet, VehicleStatusView
+from dispatch.api import DispatchLogView, DispatchViewSet, SignalViewSet, VehicleStatusView
 from fleet.api import FleetViewSet, VehicleViewSet
 from v2g_project.health import healthz
 from v2g_project.metrics import metrics_view
@@ -21,6 +21,8 @@ urlpatterns = [
     # Before the router: "status" is not a vehicle id.
     path("api/vehicles/status", VehicleStatusView.as_view(), name="vehicle-status"),
     path("api/vehicles/status/", VehicleStatusView.as_view()),
+    path("api/dispatch/logs", DispatchLogView.as_view(), name="dispatch-log"),
+    path("api/dispatch/logs/", DispatchLogView.as_view(schema=None)),  # an alias, not documented twice
     path("api/", include(router.urls)),
     path("api-auth/", include("rest_framework.urls")),
     path("metrics", metrics_view, name="metrics"),
