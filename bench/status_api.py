@@ -123,7 +123,7 @@ def _time(url: str, cookie: str, repeat: int) -> dict:
     return {
         "requests": repeat,
         "p50_ms": round(statistics.median(ms), 1),
-        "p95_ms": round(percentile(ms, 95), 1),
+        "p95_ms": round(percentile(ms, 0.95), 1),
         "max_ms": round(max(ms), 1),
         "bytes": size,
         "rows": len(json.loads(body)["results"]),
