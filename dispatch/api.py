@@ -123,7 +123,8 @@ class DispatchLogView(generics.ListAPIView):
     pagination_class = DispatchLogPagination
 
     def get_queryset(self):
-        return DispatchLogEntry.objects.all()
+        # A token sees the records of its fleets' vehicles (by the vehicle's fleet now).
+        return access.scope_by_vehicle(DispatchLogEntry.objects.all(), self.request)
 
     def list(self, request, *args, **kwargs):
         backend = settings.V2G.logging.backend

@@ -8,12 +8,13 @@ import io
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from dispatch.log import dispatch_log_write
 from dispatch.models import Dispatch, FlexibilitySignal
 from fleet import services
 from fleet.models import ApiToken, Fleet, Site, Vehicle
@@ -46,6 +47,15 @@ class Bearer:
 
 def issue(*fleets: str, all_fleets: bool = False, **kwargs) -> str:
     return services.api_token_create(name="test", fleet_ids=fleets, all_fleets=all_fleets, **kwargs)[1]
+
+
+def log_record(vehicle_id: str, minutes: int) -> dict:
+    at = datetime(2026, 3, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+    return {
+        "at": at, "command_id": uuid.uuid4(), "dispatch_id": uuid.uuid4(), "signal_id": uuid.uuid4(), "signal_type": "FCR", "target_kw": 10.0, "vehicle_id": vehicle_id,
+        "allocated_kw": 5.0, "setpoint_kw": 5.0, "status": "acked", "acknowledged": True,
+        "ack_latency_s": 0.05, "fallback_round": 0, "score": 0.5,
+    }  # fmt: skip
 
 
 def signal_with_dispatch(fleet: Fleet | None) -> Dispatch:
@@ -305,6 +315,42 @@ def test_an_all_fleet_token_sees_every_fleet_including_new_ones(client, world):
 
     assert ids(everywhere.get("/api/fleets/")) == ["lyon", "nice", "paris"]
     assert everywhere.get(f"/api/dispatches/{world['everywhere_dispatch'].id}/").status_code == 200
+
+
+def test_the_dispatch_log_shows_only_the_token_fleets_vehicles(client, world):
+    dispatch_log_write(
+        [
+            log_record("ev-paris", minutes=0),
+            log_record("ev-lyon", minutes=1),
+            log_record("ev-gone", minutes=2),
+        ]
+    )
+    paris = Bearer(client, issue("paris"))
+    everywhere = Bearer(client, issue(all_fleets=True))
+
+    assert [r["vehicle_id"] for r in paris.get("/api/dispatch/logs").json()["results"]] == ["ev-paris"]
+    assert paris.get("/api/dispatch/logs?vehicle_id=ev-lyon").json()["results"] == []  # as if unknown
+    # A vehicle no longer in the registry has no fleet: all-fleet callers only.
+    assert [r["vehicle_id"] for r in everywhere.get("/api/dispatch/logs").json()["results"]] == [
+        "ev-gone", "ev-lyon", "ev-paris",
+    ]  # fmt: skip
+
+
+def test_the_dispatch_log_pages_of_a_token_stay_in_its_fleets(client, world):
+    Vehicle.objects.create(
+        id="ev-paris-2", fleet=world["paris"], battery_kwh=50, max_charge_kw=11, max_discharge_kw=11
+    )
+    dispatch_log_write(
+        [log_record(vid, minutes=m) for m in range(5) for vid in ("ev-paris", "ev-lyon", "ev-paris-2")]
+    )
+    paris, seen = Bearer(client, issue("paris")), []
+    url = "/api/dispatch/logs?page_size=3&ordering=at"
+    while url:
+        body = paris.get(url).json()
+        seen += [r["vehicle_id"] for r in body["results"]]
+        url = body["next"]
+
+    assert len(seen) == 10 and set(seen) == {"ev-paris", "ev-paris-2"}
 
 
 # --- the static token of the configuration ---------------------------------------------
