@@ -10,6 +10,8 @@ from fleet.serializers import FleetSerializer, VehicleSerializer
 class FleetViewSet(viewsets.ModelViewSet):
     """Fleets of the registry."""
 
+    # Only for the model's sake (the schema's path parameter): rows come from get_queryset, scoped.
+    queryset = Fleet.objects.none()
     serializer_class = FleetSerializer
     http_method_names = ["get", "post", "patch", "head", "options"]
 
@@ -24,6 +26,7 @@ class FleetViewSet(viewsets.ModelViewSet):
 class VehicleViewSet(viewsets.ModelViewSet):
     """Vehicles of the registry; filter with ?fleet_id=&site=&cluster=&segment=."""
 
+    queryset = Vehicle.objects.none()  # as above: rows come from get_queryset, scoped
     serializer_class = VehicleSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
