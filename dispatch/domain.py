@@ -643,6 +643,72 @@ def allocate(
     )
 
 
+PLANNED = "planned"  # Allocation.strategy of allocate_planned
+
+
+def allocate_planned(
+    signal: SignalSpec,
+    vehicles: Sequence[VehicleState],
+    policy: Policy,
+    setpoints_kw: Mapping[str, float],
+) -> Allocation:
+    """The setpoints of a plan (a day-ahead NEBEF plan names each vehicle and
+    its power), checked against the vehicles as they are now instead of chosen
+    by a strategy.
+
+    Each planned vehicle goes through the same checks as in
+    :func:`vehicle_filter`, in the direction of its own setpoint (a plan may
+    charge some vehicles while others discharge), and its setpoint is capped
+    at :func:`vehicle_limit_kw` for the signal's duration. A planned vehicle
+    that is absent from ``vehicles`` (inactive, another fleet, unknown) or not
+    eligible now is excluded with the reason; what it was to deliver stays
+    unallocated, for the fallback rounds to re-dispatch. Vehicles that the
+    plan does not name get nothing and are not listed. Setpoints are rounded
+    to 0.001 kW towards zero; zero setpoints are dropped. ``allocated_kw`` is
+    the net (signed) sum of the setpoints kept.
+    """
+    by_id: dict[str, VehicleState] = {}
+    for v in vehicles:
+        if v.vehicle_id in by_id:
+            raise ValueError(f"duplicate vehicle id {v.vehicle_id!r}")
+        by_id[v.vehicle_id] = v
+    setpoints: dict[str, float] = {}
+    excluded: dict[str, str] = {}
+    allocated_w = 0
+    for vehicle_id in sorted(setpoints_kw):
+        planned = float(setpoints_kw[vehicle_id])
+        if not math.isfinite(planned):
+            raise ValueError(f"planned setpoint of {vehicle_id!r} must be finite, got {planned!r}")
+        planned_w = math.floor(abs(planned) * _PER_KW + _EPS_W)
+        if planned_w == 0:
+            continue
+        v = by_id.get(vehicle_id)
+        if v is None:
+            excluded[vehicle_id] = "planned, but not an active vehicle of the signal's fleet"
+            continue
+        own = SignalSpec(signal.signal_type, planned, signal.duration_s)
+        limit = vehicle_limit_kw(v, own, policy)
+        reason = _exclusion_reason(v, own, policy, limit)
+        if reason is not None:
+            excluded[vehicle_id] = reason
+            continue
+        watts = min(planned_w, math.floor(limit * _PER_KW + _EPS_W))
+        sign = _sign(planned)
+        setpoints[vehicle_id] = round(sign * watts / _PER_KW, 3)
+        allocated_w += int(sign) * watts
+    requested = float(signal.power_kw)
+    allocated = allocated_w / _PER_KW
+    return Allocation(
+        setpoints_kw=setpoints,
+        scores={},
+        strategy=PLANNED,
+        requested_kw=requested,
+        allocated_kw=allocated,
+        unallocated_kw=_unallocated(requested, allocated),
+        excluded=excluded,
+    )
+
+
 def _unallocated(requested: float, allocated: float) -> float:
     rest = requested - allocated
     # float noise around "fully covered" must not flip the sign

@@ -47,6 +47,12 @@ class FlexibilitySignal(models.Model):
         blank=True,
         help_text="The sender's id (RTE order, generator sequence): submissions dedupe on it.",
     )
+    setpoints_kw = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Planned setpoints, vehicle id -> signed kW (a day-ahead plan's slot): dispatched "
+        "as given (strategy 'planned') instead of allocated by a strategy; empty = allocate.",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -18,7 +18,7 @@ import math
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -86,10 +86,14 @@ def signal_submit(
     source: str = SignalSource.API,
     fleet_id: str | None = None,
     external_id: str = "",
+    setpoints_kw: Mapping[str, float] | None = None,
 ) -> tuple[FlexibilitySignal, Dispatch]:
     """Store a signal and its first dispatch round; allocation runs after commit.
 
     With ``external_id``, submitting the same signal twice returns the first.
+    With ``setpoints_kw`` (vehicle id -> signed kW, e.g. a day-ahead plan's
+    slot), the first round sends those setpoints instead of allocating by a
+    strategy (see ``domain.allocate_planned``); ``power_kw`` must be their sum.
     """
     if signal_type not in SignalType.values:
         raise SignalRejected("signal_type", f"unknown {signal_type!r}; one of {', '.join(SignalType.values)}")
@@ -116,6 +120,7 @@ def signal_submit(
         raise SignalRejected("valid_until", "must be after start_at")
     if fleet_id is not None and not Fleet.objects.filter(id=fleet_id).exists():
         raise SignalRejected("fleet_id", f"no fleet {fleet_id!r}")
+    planned = _planned_setpoints(setpoints_kw, power_kw)
     if external_id:
         existing = _existing_submission(source, external_id)
         if existing:
@@ -131,6 +136,7 @@ def signal_submit(
                 source=source,
                 fleet_id=fleet_id,
                 external_id=external_id,
+                setpoints_kw=planned,
             )
             dispatch = Dispatch.objects.create(signal=signal, round=0, target_kw=float(power_kw))
             _enqueue_allocate(dispatch.id)
@@ -141,6 +147,23 @@ def signal_submit(
         return existing
     log.info("signal %s accepted: %s, dispatch %s", signal.id, signal, dispatch.id)
     return signal, dispatch
+
+
+def _planned_setpoints(setpoints_kw: Mapping[str, float] | None, power_kw: float) -> dict[str, float] | None:
+    if setpoints_kw is None:
+        return None
+    if not isinstance(setpoints_kw, Mapping) or not setpoints_kw:
+        raise SignalRejected("setpoints_kw", "must map at least one vehicle id to its kW")
+    planned: dict[str, float] = {}
+    for vehicle_id, kw in setpoints_kw.items():
+        if not isinstance(vehicle_id, str) or not vehicle_id:
+            raise SignalRejected("setpoints_kw", f"not a vehicle id: {vehicle_id!r}")
+        if isinstance(kw, bool) or not isinstance(kw, int | float) or not math.isfinite(kw):
+            raise SignalRejected("setpoints_kw", f"{vehicle_id}: must be a finite number of kW")
+        planned[vehicle_id] = round(float(kw), 3)
+    if abs(sum(planned.values()) - power_kw) > POWER_EPSILON_KW:
+        raise SignalRejected("power_kw", f"must be the sum of setpoints_kw, {sum(planned.values()):.3f}")
+    return planned
 
 
 def _existing_submission(source: str, external_id: str) -> tuple[FlexibilitySignal, Dispatch] | None:
@@ -354,7 +377,8 @@ def dispatch_allocate(dispatch_id: str | uuid.UUID) -> str:
         signal = dispatch.signal
         now = timezone.now()
         end = _signal_end(signal)
-        if dispatch.target_kw == 0:
+        planned = signal.setpoints_kw if dispatch.round == 0 else None
+        if dispatch.target_kw == 0 and not planned:
             return _close_empty(dispatch, DispatchStatus.ZERO_POWER, now, "zero power: nothing sent")
         if end <= now:
             return _close_empty(dispatch, DispatchStatus.FAILED, now, "signal ended before allocation")
@@ -365,10 +389,14 @@ def dispatch_allocate(dispatch_id: str | uuid.UUID) -> str:
         )
         policy = policy_from_config(cfg.dispatch)
         states = vehicle_states(
-            signal, now, with_history=_needs_history(policy, signal.signal_type, dispatch.round)
+            signal,
+            now,
+            with_history=not planned and _needs_history(policy, signal.signal_type, dispatch.round),
         )
         already = acked_setpoints(signal.id) if dispatch.round else {}
-        if dispatch.round == 0:
+        if planned:
+            allocation = domain.allocate_planned(spec, states, policy, planned)
+        elif dispatch.round == 0:
             allocation = domain.allocate(spec, states, policy)
         else:
             rng = random.Random(dispatch.id.int)  # deterministic per round, different across rounds
@@ -383,7 +411,11 @@ def dispatch_allocate(dispatch_id: str | uuid.UUID) -> str:
         dispatch.strategy = allocation.strategy
         dispatch.excluded = allocation.excluded
         if not allocation.setpoints_kw:
-            return _close_empty(dispatch, DispatchStatus.NO_VEHICLES, now, "no eligible vehicle")
+            outcome = _close_empty(dispatch, DispatchStatus.NO_VEHICLES, now, "no eligible vehicle")
+            if planned:
+                # None of the planned vehicles can take its setpoint: the others may.
+                _fallback_open(dispatch, signal, now)
+            return outcome
         count = _commands_insert(dispatch, signal, allocation, already)
         dispatch.allocated_kw = allocation.allocated_kw
         dispatch.status = DispatchStatus.COLLECTING
