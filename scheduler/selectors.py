@@ -4,7 +4,7 @@ and delivery against plan."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import date
 from zoneinfo import ZoneInfo
 
 from django.db.models import Count, QuerySet
@@ -53,7 +53,7 @@ def plan_slots(plan: Plan) -> list[dict]:
     ]
 
 
-def plan_delivery(plan: Plan, now: datetime | None = None) -> dict:
+def plan_delivery(plan: Plan) -> dict:
     """Delivery against plan, per slot: the planned power, what was requested
     from the fleet (the slot's NEBEF signal), allocated to vehicles and
     acknowledged by them (all dispatch rounds, fallback included), and the
@@ -115,6 +115,3 @@ def plan_delivery(plan: Plan, now: datetime | None = None) -> dict:
         "slots": slots,
     }
 
-
-def slot_end(plan: Plan, slot: int) -> datetime:
-    return slot_starts_of(plan)[slot] + timedelta(minutes=plan.slot_minutes)
