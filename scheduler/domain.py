@@ -42,15 +42,22 @@ The fairness term is a min-max of each vehicle's share (energy moved over its
 battery size, i.e. equivalent cycles), so participation is spread over the
 fleet rather than concentrated on a few vehicles.
 
-Scale: vehicles whose normalised parameters are equal (same windows and
-departure slots, SoCs, power per battery kWh) form one class solved as a single
-variable set, their power split in proportion to their batteries, which
-keeps each of them exactly on the same SoC trajectory (and is optimal: the
-LP is symmetric in them).
+Scale (same guarantees for every vehicle; see ``generate_plan``):
+
+- time blocks: between fleet-wide breakpoints (window edges, departures,
+  target changes) a constant power per vehicle is optimal, so the LP has one
+  variable per block rather than per slot (96 slots are ~20 blocks a vehicle);
+- classes: vehicles equal in SoC terms share one set of variables, split in
+  proportion to their batteries (exact);
+- beyond ``EXACT_MAX_PAIRS``: a relaxation (runs of similar vehicles as one
+  battery: a proven lower bound) then exact LPs over batches of vehicles, each
+  given the target minus what the others plan; the gap to the bound is
+  reported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -273,27 +280,198 @@ def _max_charge_soc(fleet: _Fleet, h: float) -> np.ndarray:
     return out
 
 
-# --- classes ------------------------------------------------------------------
+# --- time blocks -----------------------------------------------------------------
 
 
 @dataclass
-class _Class:
-    """Vehicles solved as one: SoC trajectory ``soc0_i + delta(t)`` for every member i,
-    member power = class rate (kW per battery kWh) x its battery."""
+class _Blocks:
+    """Runs of slots between fleet-wide breakpoints (any window edge, any departure
+    slot, any change of the target). Within a block every vehicle is plugged in or
+    not throughout and the target is constant, so a constant power per vehicle over
+    the block loses nothing: averaging any plan over each block keeps its energy at
+    the block ends (SoC moves linearly in between, so within bounds), its power
+    within limits, its throughput and shares, and cannot raise the (convex) cost of
+    missing a constant target. The LP therefore has one variable per block, not per
+    slot."""
 
-    members: np.ndarray  # row indices into _Fleet
-    battery: float  # sum of members' batteries
-    rate_c: float  # max charge, kW per kWh, valid for every member
-    rate_d: float
-    lo: float  # delta never below (each member stays >= its floor)
-    hi: float  # delta never above (each member stays <= 1)
-    slots: np.ndarray  # plugged slots, sorted, common to all members
-    need: dict[int, float]  # slot boundary -> delta at least (departure targets)
+    start: np.ndarray  # first slot of each block
+    end: np.ndarray  # slot after the last
+    plugged: np.ndarray  # bool (V, NB)
+
+    @property
+    def length(self) -> np.ndarray:
+        return self.end - self.start
 
 
-def _exact_classes(fleet: _Fleet) -> list[_Class]:
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i in range(len(fleet.ids)):
+def _blocks(fleet: _Fleet, target: np.ndarray) -> _Blocks:
+    n_slots = len(target)
+    cuts = {0, n_slots}
+    plugged = fleet.plugged
+    if plugged.shape[0]:
+        cuts.update((np.flatnonzero((plugged[:, 1:] != plugged[:, :-1]).any(axis=0)) + 1).tolist())
+    cuts.update((np.flatnonzero(np.diff(target) != 0) + 1).tolist())
+    for targets in fleet.targets:
+        cuts.update(slot for slot, _ in targets)
+    edges = np.array(sorted(cuts), dtype=np.int64)
+    start, end = edges[:-1], edges[1:]
+    return _Blocks(start=start, end=end, plugged=plugged[:, start])
+
+
+# --- LP over blocks ------------------------------------------------------------------
+
+
+@dataclass
+class _LP:
+    """Variable sets ("classes") over blocks: for each pair (class, block where it is
+    plugged in), sorted by class then block, a charge and a discharge power (kW,
+    grid side) and the class state after the block, as a fraction of ``scale`` kWh:
+    ``e_after = e_before + (η·C - D/η)·h·len / scale``, starting at ``e_init``."""
+
+    pair_class: np.ndarray
+    pair_block: np.ndarray
+    cap_c: np.ndarray  # kW
+    cap_d: np.ndarray
+    e_lo: np.ndarray  # state bounds after the pair's block
+    e_hi: np.ndarray
+    scale: np.ndarray  # per class, kWh
+    e_init: np.ndarray  # per class
+
+
+@dataclass
+class _Solution:
+    status: str  # "optimal" | "time_limit" | "failed"
+    charge: np.ndarray  # kW per pair
+    discharge: np.ndarray
+    objective: float
+    message: str
+
+
+def _solve(
+    lp: _LP,
+    blocks: _Blocks,
+    target: np.ndarray,  # per block: what these classes should deliver
+    sign: np.ndarray,  # per block: sign of the fleet target (which side is a shortfall)
+    h: float,
+    weights: ObjectiveWeights,
+    mean_battery: float,
+    time_limit_s: float | None,
+    share_floor: tuple[float, float] = (0.0, 0.0),
+) -> _Solution:
+    """Minimise the objective of the module docstring over the pairs of ``lp``.
+    ``share_floor``: the largest discharge and charge shares outside this LP (the
+    fairness maxima never count below them)."""
+    n_blocks = len(blocks.start)
+    n_pairs = len(lp.pair_class)
+    k_count = len(lp.scale)
+    span = blocks.length[lp.pair_block] * h  # hours of each pair's block
+    scale = lp.scale[lp.pair_class]
+    first = np.ones(n_pairs, dtype=bool)
+    first[1:] = lp.pair_class[1:] != lp.pair_class[:-1]
+    rows = np.arange(n_pairs)
+    prev = np.flatnonzero(~first)
+
+    rc0, rd0, e0 = 0, n_pairs, 2 * n_pairs
+    up0 = 3 * n_pairs  # planned above the target
+    dn0 = up0 + n_blocks  # planned below the target
+    zd, zc = dn0 + n_blocks, dn0 + n_blocks + 1
+    n_cols = zc + 1
+
+    hours = blocks.length * h
+    cost = np.zeros(n_cols)
+    cost[rc0:e0] = weights.degradation * np.concatenate((span, span))
+    cost[up0:dn0] = np.where(sign < 0, weights.shortfall, weights.overshoot) * hours
+    cost[dn0:zd] = np.where(sign > 0, weights.shortfall, weights.overshoot) * hours
+    cost[zd] = cost[zc] = weights.fairness * mean_battery
+
+    lower = np.zeros(n_cols)
+    upper = np.full(n_cols, np.inf)
+    upper[rc0:rd0] = lp.cap_c
+    upper[rd0:e0] = lp.cap_d
+    lower[e0:up0] = lp.e_lo
+    upper[e0:up0] = lp.e_hi
+    lower[zd], lower[zc] = share_floor
+
+    # Dynamics: e_j - e_{j-1} - η·span/scale·C_j + span/(η·scale)·D_j = e_init if j is first else 0.
+    r = [rows, rows, rows, prev]
+    c = [e0 + rows, rc0 + rows, rd0 + rows, e0 + prev - 1]
+    v = [np.ones(n_pairs), -ETA * span / scale, span / (ETA * scale), -np.ones(len(prev))]
+    # Balance per block: Σ (D - C) - up + dn = target.
+    bal = n_pairs + lp.pair_block
+    blk = np.arange(n_blocks)
+    r += [bal, bal, n_pairs + blk, n_pairs + blk]
+    c += [rd0 + rows, rc0 + rows, up0 + blk, dn0 + blk]
+    v += [np.ones(n_pairs), -np.ones(n_pairs), -np.ones(n_blocks), np.ones(n_blocks)]
+    a_eq = sparse.csr_matrix(
+        (np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(n_pairs + n_blocks, n_cols)
+    )
+    b_eq = np.concatenate((np.where(first, lp.e_init[lp.pair_class], 0.0), target))
+    # Fairness: per class Σ span·D/scale - zd <= 0 and Σ span·C/scale - zc <= 0.
+    share = span / scale
+    a_ub = sparse.csr_matrix(
+        (
+            np.concatenate((share, share, -np.ones(2 * k_count))),
+            (
+                np.concatenate((lp.pair_class, k_count + lp.pair_class, np.arange(2 * k_count))),
+                np.concatenate((rd0 + rows, rc0 + rows, np.full(k_count, zd), np.full(k_count, zc))),
+            ),
+        ),
+        shape=(2 * k_count, n_cols),
+    )
+    options: dict = {"presolve": True}
+    if time_limit_s is not None:
+        options["time_limit"] = max(float(time_limit_s), 0.01)
+    res = linprog(
+        cost,
+        A_ub=a_ub if k_count else None,
+        b_ub=np.zeros(2 * k_count) if k_count else None,
+        A_eq=a_eq,
+        b_eq=b_eq,
+        bounds=np.column_stack((lower, upper)),
+        method="highs",
+        options=options,
+    )
+    if res.status != 0 or res.x is None:
+        status = "time_limit" if res.status == 1 else "failed"
+        return _Solution(status, np.zeros(n_pairs), np.zeros(n_pairs), math.inf, str(res.message))
+    x = res.x
+    return _Solution("optimal", x[rc0:rd0], x[rd0:e0], float(res.fun), str(res.message))
+
+
+def _solve_one_way(lp: _LP, *args, **kwargs) -> tuple[_Solution, float]:
+    """``_solve`` for classes of real vehicles, which cannot charge and discharge in the
+    same slot. The LP can: doing both wastes energy, which it uses when a full fleet is
+    asked to absorb more. Where an optimum does both, the smaller side is fixed to
+    zero and the LP solved again (the first optimum, returned too, stays a lower bound).
+    Any plan left doing both is netted per slot and walked forward by ``_repair``."""
+    sol = _solve(lp, *args, **kwargs)
+    bound = sol.objective
+    for _ in range(3):
+        both = (np.minimum(sol.charge, sol.discharge) > 1e-7) if sol.status == "optimal" else None
+        if both is None or not both.any():
+            break
+        lp = dataclasses.replace(
+            lp,
+            cap_c=np.where(both & (sol.charge < sol.discharge), 0.0, lp.cap_c),
+            cap_d=np.where(both & (sol.charge >= sol.discharge), 0.0, lp.cap_d),
+        )
+        again = _solve(lp, *args, **kwargs)
+        if again.status != "optimal":  # out of time: netting the first one is still a valid plan
+            break
+        sol = again
+    return sol, bound
+
+
+# --- exact classes: each vehicle's own constraints ----------------------------------
+
+
+def _exact_lp(fleet: _Fleet, blocks: _Blocks, members: np.ndarray) -> tuple[_LP, list[np.ndarray]]:
+    """The exact per-vehicle LP over ``members`` (sorted row indices). Vehicles equal
+    in SoC terms (same windows and departure slots, SoCs, power per battery kWh) share
+    one class, their power split in proportion to their batteries: each keeps the
+    class's SoC trajectory from its own start, and by symmetry of the LP the equal
+    split loses nothing."""
+    groups: dict[tuple, list[int]] = {}
+    for i in members.tolist():
         b = fleet.battery[i]
         key = (
             fleet.windows[i],
@@ -303,161 +481,155 @@ def _exact_classes(fleet: _Fleet) -> list[_Class]:
             float(fleet.max_c[i] / b),
             float(fleet.max_d[i] / b),
         )
-        groups[key].append(i)
-    classes = []
-    for key in sorted(groups, key=lambda k: groups[k][0]):
-        classes.append(_make_class(fleet, np.array(groups[key])))
-    return classes
-
-
-def _make_class(fleet: _Fleet, members: np.ndarray) -> _Class:
-    """Conservative class over ``members`` (exact when they are identical in SoC terms):
-    common plugged slots, the smallest power per kWh, the tightest SoC bounds."""
-    battery = fleet.battery[members]
-    soc0 = fleet.soc0[members]
-    plugged = fleet.plugged[members].all(axis=0)
-    slots = np.flatnonzero(plugged)
-    need: dict[int, float] = {}
-    for i in members:
+        groups.setdefault(key, []).append(i)
+    classes = [np.array(g) for g in groups.values()]  # dict order: by first member
+    block_end = blocks.end
+    parts: dict[str, list] = defaultdict(list)
+    scale, init = [], []
+    for k, mem in enumerate(classes):
+        i = mem[0]
+        battery = float(fleet.battery[mem].sum())
+        plugged = np.flatnonzero(blocks.plugged[i])
+        lo = np.full(len(plugged), fleet.floor[i] - fleet.soc0[i])
+        hi = np.full(len(plugged), 1.0 - fleet.soc0[i])
         for slot, soc in fleet.targets[i]:
-            need[slot] = max(need.get(slot, -1.0), soc - fleet.soc0[i])
-    return _Class(
-        members=members,
-        battery=float(battery.sum()),
-        rate_c=float((fleet.max_c[members] / battery).min()),
-        rate_d=float((fleet.max_d[members] / battery).min()),
-        lo=float((fleet.floor[members] - soc0).max()),
-        hi=float((1.0 - soc0).min()),
-        slots=slots,
-        need=need,
-    )
-
-
-# --- the linear programme -------------------------------------------------------
-
-
-@dataclass
-class _Solution:
-    status: str  # "optimal" | "time_limit" | "failed"
-    rates: dict[int, np.ndarray]  # class index -> net rate per plugged slot (kW per kWh)
-    objective: float
-    message: str
-
-
-def _solve(
-    classes: list[_Class],
-    target: np.ndarray,
-    h: float,
-    weights: ObjectiveWeights,
-    mean_battery: float,
-    time_limit_s: float | None,
-) -> _Solution:
-    """Variables: per (class, plugged slot) charge rate, discharge rate, SoC delta after
-    the slot; per slot deviations above / below the target; two fairness maxima."""
-    n_slots = len(target)
-    sizes = np.array([len(c.slots) for c in classes], dtype=np.int64)
-    n_pairs = int(sizes.sum())
-    offsets = np.concatenate(([0], np.cumsum(sizes)))
-    pair_class = np.repeat(np.arange(len(classes)), sizes)
-    pair_slot = np.concatenate([c.slots for c in classes]) if classes else np.zeros(0, dtype=np.int64)
-    pair_battery = np.repeat(np.array([c.battery for c in classes]), sizes)
-    first = np.zeros(n_pairs, dtype=bool)
-    first[offsets[:-1][sizes > 0]] = True
-
-    # Column layout.
-    rc0, rd0, e0 = 0, n_pairs, 2 * n_pairs
-    up0 = 3 * n_pairs  # planned above target
-    dn0 = up0 + n_slots  # planned below target
-    zd, zc = dn0 + n_slots, dn0 + n_slots + 1
-    n_cols = zc + 1
-
-    cost = np.zeros(n_cols)
-    cost[rc0:rd0] = weights.degradation * h * pair_battery
-    cost[rd0:e0] = weights.degradation * h * pair_battery
-    short_up = np.where(target < 0, weights.shortfall, weights.overshoot)  # above a charging target
-    short_dn = np.where(target > 0, weights.shortfall, weights.overshoot)  # below a discharge target
-    cost[up0:dn0] = short_up * h
-    cost[dn0:zd] = short_dn * h
-    cost[zd] = cost[zc] = weights.fairness * mean_battery
-
-    lower = np.zeros(n_cols)
-    upper = np.full(n_cols, np.inf)
-    upper[rc0:rd0] = np.repeat([c.rate_c for c in classes], sizes)
-    upper[rd0:e0] = np.repeat([c.rate_d for c in classes], sizes)
-    lower[e0:up0] = np.repeat([c.lo for c in classes], sizes)
-    upper[e0:up0] = np.repeat([c.hi for c in classes], sizes)
-    for k, c in enumerate(classes):
-        for slot, need in c.need.items():
-            # The delta at the boundary `slot` is the one after the last plugged slot before it.
-            j = int(np.searchsorted(c.slots, slot)) - 1
+            j = int(np.searchsorted(block_end[plugged], slot, side="right")) - 1
             if j >= 0:
-                col = e0 + offsets[k] + j
-                lower[col] = min(max(lower[col], need), upper[col])
+                lo[j] = min(max(lo[j], soc - fleet.soc0[i]), hi[j])
+        parts["pair_class"].append(np.full(len(plugged), k))
+        parts["pair_block"].append(plugged)
+        parts["cap_c"].append(np.full(len(plugged), fleet.max_c[i] / fleet.battery[i] * battery))
+        parts["cap_d"].append(np.full(len(plugged), fleet.max_d[i] / fleet.battery[i] * battery))
+        parts["e_lo"].append(lo)
+        parts["e_hi"].append(hi)
+        scale.append(battery)
+        init.append(0.0)
+    return _lp_from(parts, scale, init), classes
 
-    # Dynamics: e_j - e_{j-1} - η h rc_j + h/η rd_j = 0.
-    rows = np.arange(n_pairs)
-    prev = np.flatnonzero(~first)
-    r = [rows, rows, rows, prev]
-    c_ = [e0 + rows, rc0 + rows, rd0 + rows, e0 + prev - 1]
-    v = [np.ones(n_pairs), np.full(n_pairs, -ETA * h), np.full(n_pairs, h / ETA), -np.ones(len(prev))]
-    # Balance: Σ B (rd - rc) - up + dn = target (per slot).
-    bal = n_pairs + pair_slot
-    r += [bal, bal, n_pairs + np.arange(n_slots), n_pairs + np.arange(n_slots)]
-    c_ += [rd0 + rows, rc0 + rows, up0 + np.arange(n_slots), dn0 + np.arange(n_slots)]
-    v += [pair_battery, -pair_battery, -np.ones(n_slots), np.ones(n_slots)]
-    a_eq = sparse.csr_matrix(
-        (np.concatenate(v), (np.concatenate(r), np.concatenate(c_))), shape=(n_pairs + n_slots, n_cols)
+
+def _lp_from(parts: dict[str, list], scale: list[float], init: list[float]) -> _LP:
+    def cat(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate(parts[name]).astype(dtype) if parts[name] else np.zeros(0, dtype=dtype)
+
+    return _LP(
+        pair_class=cat("pair_class", np.int64),
+        pair_block=cat("pair_block", np.int64),
+        cap_c=cat("cap_c", float),
+        cap_d=cat("cap_d", float),
+        e_lo=cat("e_lo", float),
+        e_hi=cat("e_hi", float),
+        scale=np.array(scale, dtype=float),
+        e_init=np.array(init, dtype=float),
     )
-    b_eq = np.concatenate((np.zeros(n_pairs), target))
-    # Fairness: Σ_j h rd_j - zd <= 0 and Σ_j h rc_j - zc <= 0, per class.
-    k_count = len(classes)
-    a_ub = sparse.csr_matrix(
-        (
-            np.concatenate((np.full(n_pairs, h), np.full(n_pairs, h), -np.ones(2 * k_count))),
-            (
-                np.concatenate(
-                    (pair_class, k_count + pair_class, np.arange(k_count), k_count + np.arange(k_count))
-                ),
-                np.concatenate((rd0 + rows, rc0 + rows, np.full(k_count, zd), np.full(k_count, zc))),
-            ),
+
+
+def _exact_power(
+    fleet: _Fleet, blocks: _Blocks, lp: _LP, classes: list[np.ndarray], sol: _Solution
+) -> np.ndarray:
+    """Per vehicle (of the classes) and block, kW."""
+    power = np.zeros((len(fleet.ids), len(blocks.start)))
+    net = sol.discharge - sol.charge
+    share = [fleet.battery[mem] / lp.scale[k] for k, mem in enumerate(classes)]
+    for k, mem in enumerate(classes):
+        sel = lp.pair_class == k
+        power[np.ix_(mem, lp.pair_block[sel])] = np.outer(share[k], net[sel])
+    return power
+
+
+# --- relaxation: groups as one battery (a lower bound) -------------------------------
+
+
+def _relaxed_lp(fleet: _Fleet, blocks: _Blocks, groups: list[np.ndarray]) -> _LP:
+    """Each group as one battery: the sums of its members' power limits (of those
+    plugged in) and of their energy bounds. Every constraint is a sum of members'
+    constraints, so any per-vehicle plan is feasible here with the same cost: its
+    optimum is a lower bound on the exact one (and equal for a group of one)."""
+    low, high = _energy_bounds(fleet, blocks)
+    parts: dict[str, list] = defaultdict(list)
+    scale, init = [], []
+    for k, mem in enumerate(groups):
+        battery = float(fleet.battery[mem].sum())
+        plugged_m = blocks.plugged[mem]
+        plugged = np.flatnonzero(plugged_m.any(axis=0))
+        parts["pair_class"].append(np.full(len(plugged), k))
+        parts["pair_block"].append(plugged)
+        parts["cap_c"].append((plugged_m[:, plugged] * fleet.max_c[mem, None]).sum(axis=0))
+        parts["cap_d"].append((plugged_m[:, plugged] * fleet.max_d[mem, None]).sum(axis=0))
+        parts["e_lo"].append(low[mem][:, plugged].sum(axis=0) / battery)
+        parts["e_hi"].append(high[mem][:, plugged].sum(axis=0) / battery)
+        scale.append(battery)
+        init.append(float((fleet.soc0[mem] * fleet.battery[mem]).sum()) / battery)
+    return _lp_from(parts, scale, init)
+
+
+def _energy_bounds(fleet: _Fleet, blocks: _Blocks) -> tuple[np.ndarray, np.ndarray]:
+    """kWh each vehicle holds at least / at most at each block end (V, NB): its start
+    energy until it first plugs in, then floor..battery, and at least a departure
+    target from that departure until it plugs in again."""
+    battery = fleet.battery[:, None]
+    end = blocks.end[None, :]
+    n_slots = fleet.plugged.shape[1]
+    any_plug = fleet.plugged.any(axis=1)
+    first = np.where(any_plug, fleet.plugged.argmax(axis=1), n_slots)[:, None]
+    before = end <= first
+    e0 = (fleet.soc0 * fleet.battery)[:, None]
+    low = np.where(before, e0, fleet.floor[:, None] * battery)
+    high = np.where(before, e0, np.broadcast_to(battery, low.shape))
+    for i, targets in enumerate(fleet.targets):
+        for slot, soc in targets:
+            later = np.flatnonzero(fleet.plugged[i, slot:])
+            back = slot + int(later[0]) if len(later) else n_slots
+            held = (blocks.end >= slot) & (blocks.end <= back)
+            low[i, held] = np.maximum(low[i, held], soc * fleet.battery[i])
+    return low, np.maximum(high, low)
+
+
+def _relaxed_power(blocks: _Blocks, lp: _LP, sol: _Solution, n_groups: int) -> np.ndarray:
+    """Net kW per group and block."""
+    out = np.zeros((n_groups, len(blocks.start)))
+    np.add.at(out, (lp.pair_class, lp.pair_block), sol.discharge - sol.charge)
+    return out
+
+
+def _signature(fleet: _Fleet, i: int) -> tuple:
+    return fleet.windows[i], tuple(slot for slot, _ in fleet.targets[i])
+
+
+def _groups(fleet: _Fleet, count_max: int, size_max: int) -> list[np.ndarray]:
+    """Vehicles in runs of similar ones (same windows and departure slots, then by
+    power per kWh and start SoC), at most ``size_max`` a run; beyond ``count_max``
+    runs, neighbouring runs merge (mixing windows: still a lower bound, looser)."""
+    order = sorted(
+        range(len(fleet.ids)),
+        key=lambda i: (
+            _signature(fleet, i),
+            float(fleet.max_d[i] / fleet.battery[i]),
+            float(fleet.max_c[i] / fleet.battery[i]),
+            float(fleet.soc0[i]),
+            i,
         ),
-        shape=(2 * k_count, n_cols),
     )
-    b_ub = np.zeros(2 * k_count)
-
-    options: dict = {"presolve": True}
-    if time_limit_s is not None:
-        options["time_limit"] = max(float(time_limit_s), 0.01)
-    res = linprog(
-        cost,
-        A_ub=a_ub if k_count else None,
-        b_ub=b_ub if k_count else None,
-        A_eq=a_eq,
-        b_eq=b_eq,
-        bounds=np.column_stack((lower, upper)),
-        method="highs",
-        options=options,
-    )
-    if res.status != 0 or res.x is None:
-        status = "time_limit" if res.status == 1 else "failed"
-        return _Solution(status, {}, math.inf, str(res.message))
-    x = res.x
-    net = x[rd0:e0] - x[rc0:rd0]
-    rates = {k: net[offsets[k] : offsets[k + 1]] for k in range(k_count)}
-    return _Solution("optimal", rates, float(res.fun), str(res.message))
+    runs: list[list[int]] = []
+    for i in order:
+        if not runs or len(runs[-1]) >= size_max or _signature(fleet, i) != _signature(fleet, runs[-1][0]):
+            runs.append([])
+        runs[-1].append(i)
+    if len(runs) > count_max:
+        size = math.ceil(len(order) / count_max)
+        merged: list[list[int]] = []
+        for run in runs:
+            if not merged or len(merged[-1]) + len(run) > size:
+                merged.append([])
+            merged[-1].extend(run)
+        runs = merged
+    return [np.array(run) for run in runs]
 
 
 # --- from class rates to a checked per-vehicle plan -------------------------------
 
 
-def _powers(fleet: _Fleet, classes: list[_Class], rates: dict[int, np.ndarray], n_slots: int) -> np.ndarray:
-    power = np.zeros((len(fleet.ids), n_slots))
-    for k, c in enumerate(classes):
-        rate = rates.get(k)
-        if rate is None or not len(c.slots):
-            continue
-        power[np.ix_(c.members, c.slots)] = np.outer(fleet.battery[c.members], rate)
-    return power
+def _to_slots(blocks: _Blocks, power_b: np.ndarray) -> np.ndarray:
+    return np.repeat(power_b, blocks.length, axis=1)
 
 
 def _repair(fleet: _Fleet, power: np.ndarray, h: float) -> np.ndarray:
@@ -539,13 +711,32 @@ def _result(
     )
 
 
+# Above this many (class, block) pairs the exact LP gives way to the two-stage plan.
+EXACT_MAX_PAIRS = 40_000
+GROUP_SIZE = 25  # vehicles per battery of the relaxation (smaller: tighter bound, bigger LP)
+GROUP_COUNT = 1_500  # batteries of the relaxation at most
+BATCH_SIZE = 400  # vehicles per exact LP of the second stage
+SWEEPS = 3  # passes over the batches at most (each can only lower the objective)
+
+
 def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanResult:
     """Plan every vehicle's power per slot to meet ``inp.target_kw`` as closely as possible.
 
-    Deterministic: vehicles are sorted by id and the LP is built in that order, so the
-    same input gives the same plan. Bad input is not raised: the result has status
-    ``"infeasible_input"``, no entries, the whole target as shortfall and the problems
-    in ``messages``.
+    Small fleets: one exact LP (status ``"optimal"``, gap 0). Large ones (more than
+    ``EXACT_MAX_PAIRS`` pairs of vehicle class and time block): two stages.
+    First a relaxation where runs of similar vehicles act as one battery, whose
+    optimum is a proven lower bound and gives each run a power profile; then exact
+    per-vehicle LPs over batches of vehicles, each meeting the target minus what the
+    other batches plan (at first, the relaxation's profiles), repeated while it
+    improves. Every vehicle is planned by an exact LP of its own constraints, so the
+    guarantees hold; the gap to the lower bound is reported (status ``"feasible"``
+    when above 1e-6).
+
+    Deterministic: vehicles are sorted by id and every LP is built in that order.
+    Bad input is not raised: the result has status ``"infeasible_input"``, no
+    entries, the whole target as shortfall and the problems in ``messages``.
+    ``time_limit_s`` bounds the solver time; on expiry the best plan so far (or the
+    safe one: departure charging only) is returned with status ``"feasible"``.
     """
     started = time.perf_counter()
     problems = _validate(inp)
@@ -563,26 +754,103 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
         )
     fleet = _fleet(inp)
     target = np.asarray(inp.target_kw, dtype=float)
-    n_slots = len(target)
     h = inp.slot_minutes / 60
-    classes = _exact_classes(fleet)
+    w = inp.weights
+    blocks = _blocks(fleet, target)
+    target_b = target[blocks.start]
+    sign_b = np.sign(target_b)
     mean_battery = float(fleet.battery.mean()) if len(fleet.ids) else 0.0
-    solution = _solve(classes, target, h, inp.weights, mean_battery, time_limit_s)
     messages = list(fleet.messages)
-    if solution.status == "optimal":
-        power = _repair(fleet, _powers(fleet, classes, solution.rates, n_slots), h)
+
+    def remaining() -> float | None:
+        return None if time_limit_s is None else time_limit_s - (time.perf_counter() - started)
+
+    def finish(power: np.ndarray, status: str, lower_bound: float | None, classes: int) -> PlanResult:
+        power = _repair(fleet, power, h)
+        objective = _objective(fleet, power, target, h, w)
+        gap = None
+        if lower_bound is not None and status == "optimal":
+            gap = 0.0
+        elif lower_bound is not None:
+            gap = max(0.0, (objective - lower_bound) / max(abs(objective), 1e-9))
+            status = "optimal" if gap <= 1e-6 else status
         return _result(
-            inp, fleet, power, status="optimal", gap=0.0, lower_bound=solution.objective,
-            started=started, classes=len(classes), messages=messages,
+            inp, fleet, power, status=status, gap=gap, lower_bound=lower_bound,
+            started=started, classes=classes, messages=messages,
         )  # fmt: skip
-    # No LP solution in time: the safe plan (charge at full power until every departure
-    # target holds, nothing else), so the caller still gets a valid plan.
-    messages.append(f"LP not solved ({solution.message}); fallback plan: departure charging only")
-    power = _repair(fleet, _fallback(fleet, h), h)
-    return _result(
-        inp, fleet, power, status="feasible", gap=None,
-        lower_bound=None, started=started, classes=len(classes), messages=messages,
-    )  # fmt: skip
+
+    def fallback(why: str) -> PlanResult:
+        messages.append(f"{why}; fallback plan: departure charging only")
+        power = _repair(fleet, _fallback(fleet, h), h)
+        return _result(
+            inp, fleet, power, status="feasible", gap=None, lower_bound=None,
+            started=started, classes=0, messages=messages,
+        )  # fmt: skip
+
+    everyone = np.arange(len(fleet.ids))
+    lp, classes = _exact_lp(fleet, blocks, everyone)
+    if len(lp.pair_class) <= EXACT_MAX_PAIRS:
+        sol, bound = _solve_one_way(lp, blocks, target_b, sign_b, h, w, mean_battery, remaining())
+        if sol.status != "optimal":
+            return fallback(f"LP not solved ({sol.message})")
+        power = _to_slots(blocks, _exact_power(fleet, blocks, lp, classes, sol))
+        return finish(power, "optimal" if bound == sol.objective else "feasible", bound, len(classes))
+
+    # Stage 1: the relaxation (lower bound, a profile per group).
+    groups = _groups(fleet, GROUP_COUNT, GROUP_SIZE)
+    relaxed = _relaxed_lp(fleet, blocks, groups)
+    rsol = _solve(relaxed, blocks, target_b, sign_b, h, w, mean_battery, remaining())
+    if rsol.status != "optimal":
+        return fallback(f"relaxed LP not solved ({rsol.message})")
+    profile = _relaxed_power(blocks, relaxed, rsol, len(groups))
+    # Stage 2: exact LPs over batches of whole groups, Gauss-Seidel over the batches.
+    batches: list[tuple[np.ndarray, list[int]]] = []
+    for g, mem in enumerate(groups):
+        if not batches or len(batches[-1][0]) + len(mem) > BATCH_SIZE:
+            batches.append((np.zeros(0, dtype=np.int64), []))
+        batches[-1] = (np.concatenate((batches[-1][0], mem)), [*batches[-1][1], g])
+    batches = [(np.sort(mem), gs) for mem, gs in batches]
+    contrib = np.array([profile[gs].sum(axis=0) for _, gs in batches])  # net kW per batch and block
+    power_b = np.zeros((len(fleet.ids), len(blocks.start)))
+    planned = np.zeros(len(batches), dtype=bool)
+    span = blocks.length * h
+    best = math.inf
+    n_classes = 0
+    for sweep in range(SWEEPS):
+        for k, (mem, _) in enumerate(batches):
+            left = remaining()
+            if left is not None and left <= 0:
+                break
+            others = np.ones(len(fleet.ids), dtype=bool)
+            others[mem] = False
+            shares = (
+                float((np.maximum(power_b[others], 0.0) @ span / fleet.battery[others]).max(initial=0.0)),
+                float((np.maximum(-power_b[others], 0.0) @ span / fleet.battery[others]).max(initial=0.0)),
+            )
+            lp, classes = _exact_lp(fleet, blocks, mem)
+            residual = target_b - (contrib.sum(axis=0) - contrib[k])
+            sol, _ = _solve_one_way(lp, blocks, residual, sign_b, h, w, mean_battery, left, shares)
+            if sol.status != "optimal":
+                continue  # this batch keeps its previous plan (or none yet)
+            batch_power = _exact_power(fleet, blocks, lp, classes, sol)[mem]
+            power_b[mem] = batch_power
+            contrib[k] = batch_power.sum(axis=0)
+            planned[k] = True
+            if sweep == 0:
+                n_classes += len(classes)
+        value = _objective(fleet, _to_slots(blocks, power_b), target, h, w)
+        done = value >= best - 1e-9 * max(1.0, abs(best)) or (value - rsol.objective) <= 1e-6 * abs(value)
+        best = min(best, value)
+        left = remaining()
+        if done or not planned.all() or (left is not None and left <= 0):
+            break
+    power = _to_slots(blocks, power_b)
+    if not planned.all():
+        late_count = int((~planned).sum())
+        messages.append(f"time limit: {late_count} of {len(batches)} batches get departure charging only")
+        late = np.concatenate([mem for k, (mem, _) in enumerate(batches) if not planned[k]])
+        power[late] = _fallback(fleet, h)[late]
+    return finish(power, "feasible", rsol.objective, n_classes)
 
 
 def _fallback(fleet: _Fleet, h: float) -> np.ndarray:

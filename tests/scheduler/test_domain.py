@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from scheduler import domain
 from scheduler.domain import (
     ObjectiveWeights,
     PlanEntry,
@@ -212,6 +213,16 @@ def test_unreachable_departure_target_is_lowered_and_said():
     assert any("cannot be reached" in m for m in result.messages)
 
 
+def test_a_vehicle_does_not_charge_and_discharge_at_once_to_absorb_more():
+    # 3 kWh of room: 3/η kWh from the grid, however much the target asks. An LP may
+    # charge and discharge one battery at once (wasting energy to absorb more); a car cannot.
+    v = vehicle(soc=0.95, windows=((8, 12),))
+    _, result = plan([v], profile(96, {range(8, 12): -11.0}))
+    assert -sum(result.planned_kw) * 0.25 == pytest.approx(3 / ETA)
+    assert soc_path(v, result, 96)[-1] == pytest.approx(1.0)
+    assert result.lower_bound < result.objective and result.status == "feasible"
+
+
 def test_vehicle_below_min_soc_is_never_discharged():
     low = vehicle("low", soc=0.2, min_soc=0.3)
     _, result = plan([low], profile(96, {range(10, 20): -11.0, range(60, 70): 11.0}))
@@ -364,3 +375,53 @@ def test_random_fleets_always_give_valid_plans(seed):
     _, result = plan(fleet, random_target(rng, len(slots), count), slots=slots, minutes=minutes)
     assert result.status in ("optimal", "feasible")
     assert all(s >= 0 for s in result.shortfall_kw)
+
+
+# --- the two-stage plan of large fleets -----------------------------------------------
+
+
+@pytest.fixture
+def two_stage(monkeypatch):
+    """Small fleets through the large-fleet path: relaxation, then exact batches."""
+    monkeypatch.setattr(domain, "EXACT_MAX_PAIRS", 0)
+    monkeypatch.setattr(domain, "GROUP_SIZE", 3)
+    monkeypatch.setattr(domain, "BATCH_SIZE", 7)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_two_stage_plans_are_valid_and_bracket_the_exact_optimum(seed, monkeypatch):
+    rng = random.Random(100 + seed)
+    count = rng.randrange(10, 30)
+    fleet = random_fleet(rng, count, 96)
+    target = random_target(rng, 96, count)
+    _, exact = plan(fleet, target)
+    # The exact LP's optimum bounds every plan from below (a vehicle that cannot charge and
+    # discharge at once is a restriction of it); its own plan is that optimum unless the LP
+    # wanted a vehicle to do both at once (to waste energy when full), then close to it.
+    assert exact.lower_bound <= exact.objective * (1 + 1e-9)
+    assert exact.gap == pytest.approx((exact.objective - exact.lower_bound) / exact.objective, abs=1e-9)
+    assert exact.status == ("optimal" if exact.gap <= 1e-6 else "feasible")
+    monkeypatch.setattr(domain, "EXACT_MAX_PAIRS", 0)
+    monkeypatch.setattr(domain, "GROUP_SIZE", rng.choice([2, 4, 8]))
+    monkeypatch.setattr(domain, "BATCH_SIZE", rng.choice([4, 9]))
+    _, staged = plan(fleet, target)
+    assert staged.status in ("optimal", "feasible")
+    # The relaxation is a lower bound on the exact LP's optimum, hence on every plan.
+    assert staged.lower_bound <= exact.lower_bound * (1 + 1e-6)
+    assert staged.objective >= exact.lower_bound * (1 - 1e-6)
+    assert staged.gap == pytest.approx((staged.objective - staged.lower_bound) / staged.objective, abs=1e-9)
+
+
+def test_two_stage_is_exact_for_lone_vehicles(two_stage):
+    v = vehicle(soc=0.5, windows=((0, 32),), targets=((32, 0.8),))
+    _, result = plan([v], profile(96, {range(24, 28): 10.0}))
+    assert result.status == "optimal" and result.gap <= 1e-6
+    assert result.planned_kw[24:28] == pytest.approx((10.0,) * 4)
+
+
+def test_two_stage_is_deterministic(two_stage):
+    fleet = random_fleet(random.Random(3), 30, 96)
+    target = random_target(random.Random(4), 96, 30)
+    _, first = plan(fleet, target)
+    _, again = plan(random.Random(5).sample(fleet, len(fleet)), target)
+    assert first.entries == again.entries and first.objective == again.objective
