@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from dispatch.log import FIELDS
 from dispatch.models import Dispatch, DispatchLogEntry, FlexibilitySignal, SignalType
+from dispatch.services import MAX_SIGNAL_DURATION_S
 
 
 class SignalCreateSerializer(serializers.Serializer):
@@ -11,7 +12,9 @@ class SignalCreateSerializer(serializers.Serializer):
     power_kw = serializers.FloatField(
         help_text="Signed kW: positive = to the grid (discharge), negative = charging."
     )
-    duration_s = serializers.FloatField(min_value=0.001, help_text="Seconds.")
+    duration_s = serializers.FloatField(
+        min_value=0.001, max_value=MAX_SIGNAL_DURATION_S, help_text="Seconds, at most a week."
+    )
     start_at = serializers.DateTimeField(required=False, help_text="ISO 8601 with offset; default now.")
     valid_until = serializers.DateTimeField(
         required=False, help_text="Setpoints expire then; default start+duration."

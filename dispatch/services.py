@@ -112,7 +112,10 @@ def signal_submit(
     for name, value in (("start_at", start_at), ("valid_until", valid_until)):
         if value is not None and timezone.is_naive(value):
             raise SignalRejected(name, "needs a UTC offset (ISO 8601, e.g. 2025-01-31T12:00:00+00:00)")
-    end_at = start_at + timedelta(seconds=duration_s)
+    try:
+        end_at = start_at + timedelta(seconds=duration_s)
+    except OverflowError:  # start_at in the last days of year 9999
+        raise SignalRejected("start_at", "too late: the signal would end after year 9999") from None
     valid_until = valid_until or end_at
     if valid_until <= now:
         raise SignalRejected("valid_until", "is already past: the setpoints would be stale")

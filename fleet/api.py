@@ -29,6 +29,7 @@ class VehicleViewSet(viewsets.ModelViewSet):
     queryset = Vehicle.objects.none()  # as above: rows come from get_queryset, scoped
     serializer_class = VehicleSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    lookup_value_regex = "[^/]+"  # ids may hold dots ("car.1"), which DRF's default [^/.]+ cuts off
 
     def get_queryset(self):
         queryset = access.scope(Vehicle.objects.select_related("fleet", "site"), self.request)

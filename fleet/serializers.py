@@ -9,6 +9,13 @@ class FleetSerializer(serializers.ModelSerializer):
         fields = ("id", "name", "active", "created_at", "updated_at")
         read_only_fields = ("created_at", "updated_at")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance is not None and not isinstance(self.instance, list | tuple):
+            # The id is the primary key: setting it on save would insert a copy
+            # of the fleet under the new id, not rename it.
+            self.fields["id"].read_only = True
+
 
 class SiteNameField(serializers.SlugRelatedField):
     """A site by name. Names are unique within a fleet only: a lookup here,

@@ -13,6 +13,9 @@ router.register("vehicles", VehicleViewSet, basename="vehicle")
 router.register("signals", SignalViewSet, basename="signal")
 router.register("dispatches", DispatchViewSet, basename="dispatch")
 
+# Unknown URLs under /api/ are a JSON 404 like the API's own (when DEBUG is off).
+handler404 = "v2g_project.api.not_found"
+
 admin.site.site_header = "v2g operator console"
 admin.site.site_title = "v2g"
 

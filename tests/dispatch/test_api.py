@@ -46,6 +46,12 @@ def test_submit_a_signal_and_follow_its_dispatch(api):
             "valid_until",
         ),
         ({"signal_type": "FCR", "power_kw": 1, "duration_s": 60, "fleet_id": "nowhere"}, "fleet_id"),
+        # Was a 500: start + duration past year 9999.
+        (
+            {"signal_type": "FCR", "power_kw": 1, "duration_s": 60, "start_at": "9999-12-31T23:59:59Z"},
+            "start_at",
+        ),
+        ({"signal_type": "FCR", "power_kw": 1, "duration_s": 604801}, "duration_s"),
     ],
 )
 def test_bad_signals_are_refused_naming_the_field(api, body, field):

@@ -69,6 +69,29 @@ def test_fleets_endpoint(api):
     assert [f["id"] for f in api.get("/api/fleets/").json()["results"]] == ["lyon"]
 
 
+def test_a_fleet_keeps_its_id_when_patched(api, fleet):
+    # The id is the primary key: it used to be saved as a copy of the fleet under the new id.
+    response = api.patch(
+        "/api/fleets/paris-vans/", {"id": "lyon", "name": "Paris"}, content_type="application/json"
+    )
+    assert response.status_code == 200
+    assert response.json()["id"] == "paris-vans"
+    assert list(Fleet.objects.values_list("id", "name")) == [("paris-vans", "Paris")]
+
+
+def test_a_vehicle_id_with_a_dot_is_reachable(api, fleet):
+    # Ids may hold dots; the router's default pattern stopped at the dot (an HTML 404).
+    created = api.post("/api/vehicles/", {**VEHICLE, "id": "car.1"}, content_type="application/json")
+    assert created.status_code == 201, created.json()
+    assert api.get("/api/vehicles/car.1/").json()["id"] == "car.1"
+    assert (
+        api.patch("/api/vehicles/car.1/", {"cluster": "south"}, content_type="application/json").status_code
+        == 200
+    )
+    assert api.delete("/api/vehicles/car.1/").status_code == 204
+    assert not Vehicle.objects.exists()
+
+
 def test_a_site_name_used_by_two_fleets_resolves_in_the_vehicle_fleet(api, fleet):
     lyon = Fleet.objects.create(id="lyon", name="Lyon")
     lyon_depot = Site.objects.create(fleet=lyon, name="Depot")  # as in paris-vans
