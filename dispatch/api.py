@@ -6,6 +6,14 @@ import uuid
 from django.conf import settings
 from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, status, viewsets
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.response import Response
@@ -23,6 +31,7 @@ from dispatch.serializers import (
 )
 from fleet import access
 from fleet.models import Fleet, Site, Vehicle
+from v2g_project.openapi import VALIDATION_ERROR, ErrorSerializer
 from v2g_project.pagination import KeysetPagination
 
 SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
@@ -32,7 +41,52 @@ class SignalViewSet(viewsets.ViewSet):
     """Submit a flexibility signal; it is dispatched to the fleet at once."""
 
     serializer_class = SignalCreateSerializer
+    openapi_links = {
+        "create": {
+            201: {
+                "GetDispatch": {
+                    "operationId": "dispatches_retrieve",
+                    "parameters": {"id": "$response.body#/dispatch_id"},
+                    "description": "Follow the dispatch this signal started.",
+                }
+            }
+        }
+    }
 
+    @extend_schema(
+        summary="Submit a flexibility signal",
+        description=(
+            "Stores the signal and its first dispatch round; allocation to vehicles and the MQTT "
+            "setpoints follow at once, in the background. Follow the dispatch at `url` (also the "
+            "`Location` header). With `external_id`, submitting the same signal again returns the "
+            "first submission instead of dispatching twice."
+        ),
+        request=SignalCreateSerializer,
+        responses={201: OpenApiResponse(SignalCreatedSerializer, "Accepted; the dispatch is under way.")},
+        examples=[
+            OpenApiExample(
+                "FCR now",
+                summary="20 kW to the grid for 5 minutes, from now, any fleet",
+                value={"signal_type": "FCR", "power_kw": 20, "duration_s": 300},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Charge one fleet",
+                summary="Absorb 50 kW for an hour with one fleet's vehicles",
+                value={"signal_type": "mFRR", "power_kw": -50, "duration_s": 3600, "fleet_id": "paris-vans"},
+                request_only=True,
+            ),
+        ],
+        parameters=[
+            OpenApiParameter(
+                "Location",
+                OpenApiTypes.URI,
+                OpenApiParameter.HEADER,
+                description="The dispatch's URL, as `url` in the body.",
+                response=[201],
+            )
+        ],
+    )
     def create(self, request):
         incoming = SignalCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
@@ -53,6 +107,18 @@ class DispatchViewSet(viewsets.ViewSet):
     serializer_class = DispatchDetailSerializer
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
+    @extend_schema(
+        summary="Follow a dispatch",
+        description=(
+            "The signal, each allocation round (the first, then re-dispatches of missing power), each "
+            "vehicle's command (power, status, ack latency), and the requested, allocated and "
+            "acknowledged power."
+        ),
+        parameters=[
+            OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The dispatch id.")
+        ],
+        responses={200: DispatchDetailSerializer},
+    )
     def retrieve(self, request, pk=None):
         try:
             dispatch_id = uuid.UUID(str(pk))
@@ -92,6 +158,39 @@ class VehicleStatusView(generics.GenericAPIView):
             vehicles = vehicles.filter(**{lookup: value})
         return selectors.status_rows(vehicles)
 
+    @extend_schema(
+        operation_id="vehicles_status_list",
+        summary="Vehicle status and forecasts",
+        description=(
+            "Per active vehicle: its current status, the forecast plug-in window and state of charge "
+            "(now and 15, 30, 60, 120, 240 minutes ahead), the next dispatch window and the last "
+            "dispatch decision it took part in. An unknown filter value gives an empty list, a "
+            "malformed one a 400 naming the parameter."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "fleet_id",
+                {"type": "string", "minLength": 1, "maxLength": Fleet._meta.get_field("id").max_length},
+                pattern=SLUG.pattern,
+                description="Only this fleet's vehicles.",
+            ),
+            OpenApiParameter(
+                "site",
+                {"type": "string", "minLength": 1, "maxLength": Site._meta.get_field("name").max_length},
+                description="Only vehicles at the site of this name.",
+            ),
+            OpenApiParameter(
+                "cluster",
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": Vehicle._meta.get_field("cluster").max_length,
+                },
+                description="Only vehicles of this cluster.",
+            ),
+        ],
+        responses={200: VehicleStatusSerializer(many=True), 400: VALIDATION_ERROR},
+    )
     def get(self, request):
         page = self.paginate_queryset(self.get_queryset())
         # Rows are plain JSON types already (the serializer documents them): a
@@ -110,6 +209,17 @@ class DispatchLogNotQueryable(APIException):
     default_code = "dispatch_log_not_queryable"
 
 
+@extend_schema_view(
+    get=extend_schema(
+        summary="The dispatch log",
+        responses={
+            200: DispatchLogEntrySerializer(many=True),
+            409: OpenApiResponse(
+                ErrorSerializer, "`logging.backend` is `jsonl`: the log is a file, not queryable here."
+            ),
+        },
+    )
+)
 class DispatchLogView(generics.ListAPIView):
     """The dispatch log (SPEC §9): one record per vehicle per dispatch round,
     newest first; ?start=&end=&vehicle_id=&signal_type=&dispatch_id=, cursor

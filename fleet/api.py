@@ -1,12 +1,30 @@
 from collections.abc import Mapping
 
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import viewsets
 
 from fleet import access
 from fleet.models import Fleet, Vehicle
 from fleet.serializers import FleetSerializer, VehicleSerializer
 
+FLEET_ID = OpenApiParameter(
+    "id", str, OpenApiParameter.PATH, description="The fleet's id, e.g. `paris-vans`."
+)
+VEHICLE_ID = OpenApiParameter(
+    "id", str, OpenApiParameter.PATH, description="The vehicle's id (as in its topics)."
+)
 
+
+@extend_schema_view(
+    list=extend_schema(summary="List fleets"),
+    create=extend_schema(summary="Create a fleet", description="The id is stable: it is in logs and plans."),
+    retrieve=extend_schema(summary="A fleet", parameters=[FLEET_ID]),
+    partial_update=extend_schema(
+        summary="Update a fleet",
+        parameters=[FLEET_ID],
+        description="Rename it or (de)activate it; its id cannot change (ignored here).",
+    ),
+)
 class FleetViewSet(viewsets.ModelViewSet):
     """Fleets of the registry."""
 
@@ -23,6 +41,33 @@ class FleetViewSet(viewsets.ModelViewSet):
         return super().create(request, *args, **kwargs)
 
 
+@extend_schema_view(
+    list=extend_schema(
+        summary="List vehicles",
+        description="Vehicles of the registry, by id; each filter narrows the list (exact match).",
+        parameters=[
+            OpenApiParameter("fleet_id", str, description="Only this fleet's vehicles."),
+            OpenApiParameter("site", str, description="Only vehicles at the site of this name."),
+            OpenApiParameter("cluster", str, description="Only vehicles of this cluster."),
+            OpenApiParameter("segment", str, description="Only vehicles of this dispatch segment."),
+        ],
+    ),
+    create=extend_schema(
+        summary="Register a vehicle",
+        description="`site` names a site of the vehicle's fleet. The id is in MQTT topics: it cannot change.",
+    ),
+    retrieve=extend_schema(summary="A vehicle", parameters=[VEHICLE_ID]),
+    partial_update=extend_schema(
+        summary="Update a vehicle",
+        parameters=[VEHICLE_ID],
+        description="Any field but the id (in topics and logs, it cannot change; ignored here).",
+    ),
+    destroy=extend_schema(
+        summary="Remove a vehicle",
+        parameters=[VEHICLE_ID],
+        description="Its state and commands go with it; the dispatch log keeps its records (by vehicle id).",
+    ),
+)
 class VehicleViewSet(viewsets.ModelViewSet):
     """Vehicles of the registry; filter with ?fleet_id=&site=&cluster=&segment=."""
 
