@@ -114,4 +114,3 @@ def plan_delivery(plan: Plan) -> dict:
         "acknowledged_kwh": round(acknowledged_kwh, 3),
         "slots": slots,
     }
-

@@ -176,7 +176,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "DESCRIPTION": (
         "The HTTP API of a V2G aggregator: the fleet registry, flexibility signals and their "
-        "dispatches, the dispatch log, vehicle status and forecasts.\n\n"
+        "dispatches, the dispatch log, vehicle status and forecasts, day-ahead NEBEF plans.\n\n"
         "Every endpoint needs authentication: `Authorization: Bearer <token>` for integrators, "
         "or the session of a staff user logged in to the operator console. Times are ISO 8601 with "
         "a UTC offset; powers are signed kW (positive = to the grid, i.e. discharging). "

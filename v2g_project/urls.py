@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 
 from dispatch.api import DispatchLogView, DispatchViewSet, SignalViewSet, VehicleStatusView
 from fleet.api import FleetViewSet, VehicleViewSet
+from scheduler.api import PlanCsvView, PlanDeliveryView, PlanJsonView
 from v2g_project.health import healthz
 from v2g_project.metrics import metrics_view
 
@@ -27,6 +28,13 @@ urlpatterns = [
     path("api/vehicles/status/", VehicleStatusView.as_view(schema=None)),  # an alias, not documented twice
     path("api/dispatch/logs", DispatchLogView.as_view(), name="dispatch-log"),
     path("api/dispatch/logs/", DispatchLogView.as_view(schema=None)),  # an alias, not documented twice
+    # Day-ahead plans; the .csv route first: "<date>" would also match "2025-03-30.csv".
+    path("api/plans/<str:date>.csv", PlanCsvView.as_view(), name="plan-csv"),
+    path("api/plans/<str:date>.csv/", PlanCsvView.as_view(schema=None)),  # an alias
+    path("api/plans/<str:date>/delivery", PlanDeliveryView.as_view(), name="plan-delivery"),
+    path("api/plans/<str:date>/delivery/", PlanDeliveryView.as_view(schema=None)),  # an alias
+    path("api/plans/<str:date>/", PlanJsonView.as_view(), name="plan-detail"),
+    path("api/plans/<str:date>", PlanJsonView.as_view(schema=None)),  # an alias
     path("api/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -105,7 +105,7 @@ def simulated(tmp_path):
                 [
                     sys.executable, "-m", "simulator", "--count", str(count), "--prefix", prefix,
                     "--profiles", "always=1", "--telemetry-interval-s", "1", "--status-interval-s", "0",
-                    "--seed", "11",
+                    "--seed", "11", "--lwt-topic-prefix", "",  # no will: nothing left retained on the broker
                 ],
                 cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
