@@ -42,7 +42,7 @@ test: venv services
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 	@echo "--- the dispatch pipeline again on SQLite, the embedded default"
 	env -u DATABASE_URL CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest $(PYTEST_ARGS) \
-		tests/dispatch/test_pipeline.py tests/dispatch/test_status_api.py tests/telemetry
+		tests/dispatch/test_pipeline.py tests/dispatch/test_status_api.py tests/telemetry tests/scheduler
 	@echo "--- end to end"
 	$(MAKE) --no-print-directory e2e
 
