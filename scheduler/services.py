@@ -493,7 +493,9 @@ def plan_execute(now: datetime | None = None) -> dict:
     """Execute the approved plan's slot under way (Beat, every quarter-hour):
     one NEBEF signal whose setpoints are the plan's entries for the slot,
     valid until the slot ends. Idempotent per (plan, slot): a second run
-    finds the signal by its external id and submits nothing."""
+    finds the signal by its external id and submits nothing; a slot already
+    executed for a version that has since been superseded is not executed
+    again (the new version takes over at the next slot)."""
     now = now or timezone.now()
     found = current_slot(now)
     if found is None:
@@ -501,7 +503,11 @@ def plan_execute(now: datetime | None = None) -> dict:
     plan, slot, start = found
     external_id = signal_external_id(plan, slot)
     report = {"plan_id": str(plan.id), "day": plan.day.isoformat(), "version": plan.version, "slot": slot}
-    existing = FlexibilitySignal.objects.filter(source=SignalSource.PLAN, external_id=external_id).first()
+    # This slot of this plan, or the same slot of a version it superseded
+    # since (30- and 60-minute slots see several runs): once per slot.
+    plan_signals = FlexibilitySignal.objects.filter(source=SignalSource.PLAN)
+    same_slot = plan_signals.filter(start_at=start, created_at__gte=start - timedelta(hours=1))  # indexed
+    existing = plan_signals.filter(external_id=external_id).first() or same_slot.first()
     if existing is not None:
         return {**report, "outcome": "already_executed", "signal_id": str(existing.id)}
     setpoints = dict(PlanEntry.objects.filter(plan=plan, slot=slot).values_list("vehicle_id", "power_kw"))

@@ -269,6 +269,11 @@ def test_the_slot_under_way_becomes_one_nebef_signal_with_the_planned_setpoints(
     # Nothing planned in a slot: no signal.
     other_start = domain.day_slots(today, "Europe/Paris", 15)[other]
     assert services.plan_execute(other_start + timedelta(seconds=1))["outcome"] == "nothing_planned"
+    # A version approved during the slot takes over from the next slot, not this one again.
+    newer = stored_plan(today, {(k, "ev-1"): 9.0})
+    services.plan_approve(newer.id, user=operator)
+    assert services.plan_execute()["outcome"] == "already_executed"
+    assert FlexibilitySignal.objects.count() == 1
 
 
 def test_delivery_against_plan_per_slot(fleet, operator):
