@@ -131,6 +131,7 @@ class Bridge:
         self.client = mqtt.client_create(self.config.mqtt, "bridge")
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         for route in self.routes:
             self.client.message_callback_add(route.topic, self._receiver(route))
         self._worker = threading.Thread(target=self._drain, name="bridge-handler", daemon=True)
@@ -143,9 +144,19 @@ class Bridge:
             log.error("MQTT connection refused: %s", reason_code)
             return
         # Subscribing here, not once at start, makes every reconnect resubscribe.
-        if self.routes:
-            client.subscribe([(route.topic, route.qos) for route in self.routes])
-        log.info("bridge connected; subscribed to %s", ", ".join(r.topic for r in self.routes) or "nothing")
+        # "Connected" is reported on the SUBACK, not here: a message published
+        # between CONNACK and SUBACK would not reach the bridge.
+        if not self.routes:
+            log.info("bridge connected; subscribed to nothing")
+            self._connected.set()
+            return
+        client.subscribe([(route.topic, route.qos) for route in self.routes])
+
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
+        refused = [r.topic for r, code in zip(self.routes, reason_codes, strict=False) if code.is_failure]
+        for topic in refused:
+            log.error("subscription to %s refused by the broker (check the ACL)", topic)
+        log.info("bridge connected; subscribed to %s", ", ".join(r.topic for r in self.routes))
         self._connected.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:

@@ -113,7 +113,7 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def start_sim(mqtt_cfg, prefix) -> Iterator[Callable[..., SimProcess]]:
+def start_sim(mqtt_cfg, mqtt_client, prefix) -> Iterator[Callable[..., SimProcess]]:
     """start_sim(*options) -> a running simulator (ready: subscribed) on the test's prefix."""
     started: list[SimProcess] = []
 
@@ -128,6 +128,14 @@ def start_sim(mqtt_cfg, prefix) -> Iterator[Callable[..., SimProcess]]:
     yield start
     for sim in started:
         sim.stop()
+    # A simulator that had to be killed leaves its retained Last Will on the
+    # broker, which every later bridge would replay: delete it.
+    for sim in started:
+        topics = [
+            line.rsplit("lwt=", 1)[1] for line in sim.lines if line.startswith("sim ready") and "lwt=" in line
+        ]
+        for topic in set(topics) - {"off"}:
+            mqtt_client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
 
 
 class Listener:
