@@ -30,7 +30,8 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database, free_port, percentile
+from bench.dispatch_fanout import ROOT, _ensure_database, percentile
+from bench.http import gunicorn, session_cookie, time_get
 
 RESULTS = ROOT / "bench" / "results"
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -75,19 +76,6 @@ def _fill(rows: int, vehicles: int, round_size: int) -> None:
         print(f"generated in {time.perf_counter() - begin:.1f} s", flush=True)
 
 
-def _session_cookie() -> str:
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_staff": True})
-    if not user.is_staff:
-        user.is_staff = True
-        user.save(update_fields=["is_staff"])
-    client = Client()
-    client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}"
-
-
 def _combinations(rows: int, round_size: int) -> dict[str, dict]:
     rounds = rows // round_size
     day = T0 + timedelta(minutes=15 * rounds // 2)
@@ -126,26 +114,6 @@ def _deep_cursor(params: dict, share: float) -> tuple[str | None, int]:
         return None, count
     row = queryset.order_by("-at", "-id").values("at", "id")[int(count * share)]
     return DispatchLogPagination().encode_position([row["at"].isoformat(), row["id"]]), count
-
-
-def _time(url: str, cookie: str, repeat: int) -> dict:
-    durations, size, body = [], 0, b""
-    for _ in range(repeat):
-        request = urllib.request.Request(url, headers={"Cookie": cookie, "Accept": "application/json"})
-        begin = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = response.read()
-        durations.append(time.perf_counter() - begin)
-        size = len(body)
-    ms = [d * 1000 for d in durations]
-    return {
-        "requests": repeat,
-        "p50_ms": round(statistics.median(ms), 1),
-        "p95_ms": round(percentile(ms, 0.95), 1),
-        "max_ms": round(max(ms), 1),
-        "bytes": size,
-        "rows": len(json.loads(body)["results"]),
-    }
 
 
 def _offset_sql_ms(depth: int, repeat: int) -> dict:
@@ -208,45 +176,27 @@ def main() -> None:
     offset = _offset_sql_ms(int(args.rows * 0.9), max(5, args.repeat // 3))
     connection.close()
 
-    port = free_port()
-    cookie = _session_cookie()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "v2g_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--timeout", "120", "--log-level", "warning"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/api/dispatch/logs"
+    cookie = session_cookie()
     runs: dict[str, dict] = {}
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("gunicorn did not start") from None
-                time.sleep(0.2)
-        _time(base, cookie, 4)  # warm both workers
+    with gunicorn(env) as server:
+        base = f"{server}/api/dispatch/logs"
+        time_get(base, cookie, 4)  # warm both workers
         for name, params in combinations.items():
             query = urllib.parse.urlencode(params)
             cursor, count = deep[name]
             runs[name] = {
                 "matching": count,
-                "first page": _time(f"{base}?{query}", cookie, args.repeat),
+                "first page": time_get(f"{base}?{query}", cookie, args.repeat),
             }
             if cursor:
-                runs[name]["deep page (90 %)"] = _time(
+                runs[name]["deep page (90 %)"] = time_get(
                     f"{base}?{urllib.parse.urlencode({**params, 'cursor': cursor})}", cookie, args.repeat
                 )
-        runs["none"]["first page, page_size=1000"] = _time(f"{base}?page_size=1000", cookie, args.repeat)
+        runs["none"]["first page, page_size=1000"] = time_get(f"{base}?page_size=1000", cookie, args.repeat)
         cursor, _ = deep["none"]
-        runs["none"]["deep page (90 %), page_size=1000"] = _time(
+        runs["none"]["deep page (90 %), page_size=1000"] = time_get(
             f"{base}?{urllib.parse.urlencode({'cursor': cursor, 'page_size': 1000})}", cookie, args.repeat
         )
-    finally:
-        server.terminate()
-        server.wait(10)
 
     result = {
         "benchmark": "api_logs",

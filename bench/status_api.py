@@ -18,16 +18,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database, free_port, percentile
+from bench.dispatch_fanout import ROOT, _ensure_database
+from bench.http import gunicorn, session_cookie, time_get
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -100,36 +99,6 @@ def _fleet(n: int, history_days: int) -> str:
     return fleet_id
 
 
-def _session_cookie() -> str:
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_staff": True})
-    client = Client()
-    client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}"
-
-
-def _time(url: str, cookie: str, repeat: int) -> dict:
-    durations, size = [], 0
-    for _ in range(repeat):
-        request = urllib.request.Request(url, headers={"Cookie": cookie, "Accept": "application/json"})
-        begin = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = response.read()
-        durations.append(time.perf_counter() - begin)
-        size = len(body)
-    ms = [d * 1000 for d in durations]
-    return {
-        "requests": repeat,
-        "p50_ms": round(statistics.median(ms), 1),
-        "p95_ms": round(percentile(ms, 0.95), 1),
-        "max_ms": round(max(ms), 1),
-        "bytes": size,
-        "rows": len(json.loads(body)["results"]),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="GET /api/vehicles/status over a large fleet.")
     parser.add_argument("--vehicles", type=int, default=10_000)
@@ -176,34 +145,18 @@ def main() -> None:
         cursor.execute("ANALYZE telemetry_plugprofile")
     print(f"profiles learned: {learned['learned']:,} of {n:,} in {learn_s:.1f} s", flush=True)
 
-    port = free_port()
-    cookie = _session_cookie()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "v2g_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--timeout", "120", "--log-level", "warning"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/api/vehicles/status?fleet_id={fleet_id}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("gunicorn did not start") from None
-                time.sleep(0.2)
-        _time(f"{base}&limit={n}", cookie, 2)  # warm both workers' imports and caches
+    cookie = session_cookie()
+    with gunicorn(env) as server:
+        base = f"{server}/api/vehicles/status?fleet_id={fleet_id}"
+        time_get(f"{base}&limit={n}", cookie, 2)  # warm both workers' imports and caches
         runs = {
-            f"whole fleet (limit={n})": _time(f"{base}&limit={n}", cookie, args.repeat),
-            "first page (limit=100)": _time(f"{base}&limit=100", cookie, args.repeat * 5),
-            "last page (limit=100)": _time(f"{base}&limit=100&offset={n - 100}", cookie, args.repeat * 5),
-            "cluster filter (1/10 of the fleet)": _time(f"{base}&cluster=c3&limit={n}", cookie, args.repeat),
+            f"whole fleet (limit={n})": time_get(f"{base}&limit={n}", cookie, args.repeat),
+            "first page (limit=100)": time_get(f"{base}&limit=100", cookie, args.repeat * 5),
+            "last page (limit=100)": time_get(f"{base}&limit=100&offset={n - 100}", cookie, args.repeat * 5),
+            "cluster filter (1/10 of the fleet)": time_get(
+                f"{base}&cluster=c3&limit={n}", cookie, args.repeat
+            ),
         }
-    finally:
-        server.terminate()
-        server.wait(10)
 
     result = {
         "benchmark": "status_api",
