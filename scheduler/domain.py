@@ -2,7 +2,7 @@
 
 From a vehicle pool (battery, power limits, minimum SoC, plug-in windows,
 departure targets) and a per-slot fleet target, a linear programme (HiGHS
-through ``scipy.optimize.linprog``) chooses each vehicle's power in each slot.
+through ``highspy``) chooses each vehicle's power in each slot.
 
 Conventions (SPEC §2): ``soc`` is a fraction 0-1; power is signed, positive =
 to the grid (discharge / demand reduction), negative = from the grid
@@ -40,7 +40,19 @@ length)::
 
 The fairness term is a min-max of each vehicle's share (energy moved over its
 battery size, i.e. equivalent cycles), so participation is spread over the
-fleet rather than concentrated on a few vehicles.
+fleet rather than concentrated on a few vehicles. Charging needed for a
+departure target is placed where the target asks for charging first, then
+where it is 0 (overshoot) and last against a discharge target.
+
+A car cannot charge and discharge at once, an LP can (wasting energy, to
+absorb more when full): such optima are solved again one way (see
+``_solve_one_way``). Vehicles may still trade energy with each other (one
+discharging while another charges) when that meets a charging target a full
+fleet could not otherwise absorb; the weights decide.
+
+``lower_bound`` is the optimum of the LP (or of its relaxation, see below):
+no plan can do better, so ``gap`` = (objective - lower_bound) / objective is a
+proven bound on how far the plan is from the best one.
 
 Scale (same guarantees for every vehicle; see ``generate_plan``):
 
@@ -51,26 +63,34 @@ Scale (same guarantees for every vehicle; see ``generate_plan``):
   proportion to their batteries (exact);
 - beyond ``EXACT_MAX_PAIRS``: a relaxation (runs of similar vehicles as one
   battery: a proven lower bound) then exact LPs over batches of vehicles, each
-  given the target minus what the others plan; the gap to the bound is
-  reported.
+  given the target minus what the others plan, in sweeps that start each
+  batch's LP from its last basis; the gap to the bound is reported.
+
+Same input, same plan: vehicles are sorted by id, every LP is built in that
+order and HiGHS is deterministic. Only a ``time_limit_s`` that is hit makes
+the result depend on the machine's speed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import highspy
 import numpy as np
 from scipy import sparse
-from scipy.optimize import linprog
 
 ETA = math.sqrt(0.87)  # one-way efficiency (round trip ≈ 87 %, DOMAIN)
 SLOT_MINUTES = (15, 30, 60)
+INF = highspy.kHighsInf
 SOC_TOL = 1e-6  # plan_check tolerance on SoC (fraction): 0.06 Wh on 60 kWh
 KW_TOL = 1e-6
 
@@ -335,6 +355,12 @@ class _LP:
     e_hi: np.ndarray
     scale: np.ndarray  # per class, kWh
     e_init: np.ndarray  # per class
+    # Optional cuts (class, blocks, kWh): the class charges at least that much from the
+    # grid over those blocks.
+    cuts: list[tuple[int, np.ndarray, float]] = field(default_factory=list)
+    # For classes of real vehicles (see _solve_one_way): a car charges or discharges, so
+    # (C, D) lies in the hull C/cap_c + D/cap_d <= 1 (the LP may still mix both).
+    one_way: bool = False
 
 
 @dataclass
@@ -346,115 +372,219 @@ class _Solution:
     message: str
 
 
+_banner_lock = threading.Lock()
+_banner_done = False
+
+
+def _highs() -> highspy.Highs:
+    """A silent HiGHS instance. HiGHS prints a banner on stdout when a process makes its
+    first instance; that one is made with stdout pointed at /dev/null, so the output of
+    a command (a CSV export, JSON) stays clean."""
+    global _banner_done
+    if not _banner_done:
+        with _banner_lock:
+            if not _banner_done:
+                try:
+                    sys.stdout.flush()
+                    saved = os.dup(1)
+                except (OSError, ValueError):  # no real stdout: nothing to protect
+                    saved = None
+                try:
+                    if saved is not None:
+                        with open(os.devnull, "wb") as null:
+                            os.dup2(null.fileno(), 1)
+                    highspy.Highs()
+                finally:
+                    if saved is not None:
+                        os.dup2(saved, 1)
+                        os.close(saved)
+                _banner_done = True
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    return highs
+
+
+class _Model:
+    """One LP over the pairs of ``lp``, minimising the objective of the module docstring,
+    held in a HiGHS instance: a new target or share floor (all that changes for a batch
+    between sweeps) is solved again from the last basis.
+
+    ``target`` per block: what these classes should deliver; ``sign`` per block: the sign
+    of the fleet target (which side of it is a shortfall); ``share_floor``: the largest
+    discharge and charge shares outside this LP (the fairness maxima never count below)."""
+
+    def __init__(
+        self,
+        lp: _LP,
+        blocks: _Blocks,
+        target: np.ndarray,
+        sign: np.ndarray,
+        h: float,
+        weights: ObjectiveWeights,
+        mean_battery: float,
+        share_floor: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        n_blocks = len(blocks.start)
+        n_pairs = len(lp.pair_class)
+        k_count = len(lp.scale)
+        span = blocks.length[lp.pair_block] * h  # hours of each pair's block
+        scale = lp.scale[lp.pair_class]
+        first = np.ones(n_pairs, dtype=bool)
+        first[1:] = lp.pair_class[1:] != lp.pair_class[:-1]
+        rows = np.arange(n_pairs)
+        prev = np.flatnonzero(~first)
+
+        rc0, rd0, e0 = 0, n_pairs, 2 * n_pairs
+        up0 = 3 * n_pairs  # planned above the target
+        dn0 = up0 + n_blocks  # planned below the target
+        zd, zc = dn0 + n_blocks, dn0 + n_blocks + 1
+        n_cols = zc + 1
+        self.n_pairs, self.zd, self.zc = n_pairs, zd, zc
+        self.balance_rows = n_pairs + np.arange(n_blocks, dtype=np.int32)
+
+        hours = blocks.length * h
+        cost = np.zeros(n_cols)
+        cost[rc0:e0] = weights.degradation * np.concatenate((span, span))
+        cost[up0:dn0] = np.where(sign < 0, weights.shortfall, weights.overshoot) * hours
+        cost[dn0:zd] = np.where(sign > 0, weights.shortfall, weights.overshoot) * hours
+        cost[zd] = cost[zc] = weights.fairness * mean_battery
+
+        lower = np.zeros(n_cols)
+        upper = np.full(n_cols, INF)
+        upper[rc0:rd0] = lp.cap_c
+        upper[rd0:e0] = lp.cap_d
+        lower[e0:up0] = lp.e_lo
+        upper[e0:up0] = lp.e_hi
+        lower[zd], lower[zc] = share_floor
+
+        # Dynamics: e_j - e_{j-1} - η·span/scale·C_j + span/(η·scale)·D_j = e_init if j is first else 0.
+        r = [rows, rows, rows, prev]
+        c = [e0 + rows, rc0 + rows, rd0 + rows, e0 + prev - 1]
+        v = [np.ones(n_pairs), -ETA * span / scale, span / (ETA * scale), -np.ones(len(prev))]
+        b_eq = np.where(first, lp.e_init[lp.pair_class], 0.0)
+        # Balance per block: Σ (D - C) - up + dn = target.
+        bal = n_pairs + lp.pair_block
+        blk = np.arange(n_blocks)
+        r += [bal, bal, n_pairs + blk, n_pairs + blk]
+        c += [rd0 + rows, rc0 + rows, up0 + blk, dn0 + blk]
+        v += [np.ones(n_pairs), -np.ones(n_pairs), -np.ones(n_blocks), np.ones(n_blocks)]
+        n_eq = n_pairs + n_blocks
+        # Fairness: per class Σ span·D/scale - zd <= 0 and Σ span·C/scale - zc <= 0.
+        share = span / scale
+        r += [n_eq + lp.pair_class, n_eq + k_count + lp.pair_class, n_eq + np.arange(2 * k_count)]
+        c += [rd0 + rows, rc0 + rows, np.full(k_count, zd), np.full(k_count, zc)]
+        v += [share, share, -np.ones(2 * k_count)]
+        b_ub = [np.zeros(2 * k_count)]
+        # Cuts: -Σ span·C over the class's pairs in the cut's blocks <= -kWh.
+        offsets = np.searchsorted(lp.pair_class, np.arange(k_count + 1))
+        row = n_eq + 2 * k_count
+        for k, cut_blocks, kwh in lp.cuts:
+            sel = offsets[k] + np.flatnonzero(np.isin(lp.pair_block[offsets[k] : offsets[k + 1]], cut_blocks))
+            r.append(np.full(len(sel), row))
+            c.append(rc0 + sel)
+            v.append(-span[sel])
+            b_ub.append(np.array([-kwh]))
+            row += 1
+        if lp.one_way:
+            both = np.flatnonzero((lp.cap_c > 0) & (lp.cap_d > 0))
+            hull = row + np.arange(len(both))
+            r += [hull, hull]
+            c += [rc0 + both, rd0 + both]
+            v += [1.0 / lp.cap_c[both], 1.0 / lp.cap_d[both]]
+            b_ub.append(np.ones(len(both)))
+        upper_ub = np.concatenate(b_ub)
+        n_rows = n_eq + len(upper_ub)
+        matrix = sparse.csc_matrix(
+            (np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(n_rows, n_cols)
+        )
+        model = highspy.HighsLp()
+        model.num_col_, model.num_row_ = n_cols, n_rows
+        model.col_cost_, model.col_lower_, model.col_upper_ = cost, lower, upper
+        model.row_lower_ = np.concatenate((b_eq, target, np.full(len(upper_ub), -INF)))
+        model.row_upper_ = np.concatenate((b_eq, target, upper_ub))
+        model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        model.a_matrix_.start_ = matrix.indptr
+        model.a_matrix_.index_ = matrix.indices
+        model.a_matrix_.value_ = matrix.data
+        self.highs = _highs()
+        self.highs.setOptionValue("random_seed", 0)
+        self.highs.passModel(model)
+
+    def solve(
+        self,
+        time_limit_s: float | None,
+        target: np.ndarray | None = None,
+        share_floor: tuple[float, float] | None = None,
+    ) -> _Solution:
+        highs = self.highs
+        if target is not None:
+            rows = self.balance_rows
+            highs.changeRowsBounds(len(rows), rows, target, target)
+        if share_floor is not None:
+            cols = np.array([self.zd, self.zc], dtype=np.int32)
+            highs.changeColsBounds(2, cols, np.array(share_floor, dtype=float), np.full(2, INF))
+        highs.setOptionValue("time_limit", INF if time_limit_s is None else max(float(time_limit_s), 0.01))
+        highs.run()
+        status = highs.getModelStatus()
+        n = self.n_pairs
+        if status != highspy.HighsModelStatus.kOptimal:
+            kind = "time_limit" if status == highspy.HighsModelStatus.kTimeLimit else "failed"
+            return _Solution(kind, np.zeros(n), np.zeros(n), math.inf, highs.modelStatusToString(status))
+        x = np.asarray(highs.getSolution().col_value)
+        objective = float(highs.getInfo().objective_function_value)
+        return _Solution("optimal", x[:n], x[n : 2 * n], objective, "optimal")
+
+
 def _solve(
     lp: _LP,
     blocks: _Blocks,
-    target: np.ndarray,  # per block: what these classes should deliver
-    sign: np.ndarray,  # per block: sign of the fleet target (which side is a shortfall)
+    target: np.ndarray,
+    sign: np.ndarray,
     h: float,
     weights: ObjectiveWeights,
     mean_battery: float,
     time_limit_s: float | None,
     share_floor: tuple[float, float] = (0.0, 0.0),
 ) -> _Solution:
-    """Minimise the objective of the module docstring over the pairs of ``lp``.
-    ``share_floor``: the largest discharge and charge shares outside this LP (the
-    fairness maxima never count below them)."""
-    n_blocks = len(blocks.start)
-    n_pairs = len(lp.pair_class)
-    k_count = len(lp.scale)
-    span = blocks.length[lp.pair_block] * h  # hours of each pair's block
-    scale = lp.scale[lp.pair_class]
-    first = np.ones(n_pairs, dtype=bool)
-    first[1:] = lp.pair_class[1:] != lp.pair_class[:-1]
-    rows = np.arange(n_pairs)
-    prev = np.flatnonzero(~first)
-
-    rc0, rd0, e0 = 0, n_pairs, 2 * n_pairs
-    up0 = 3 * n_pairs  # planned above the target
-    dn0 = up0 + n_blocks  # planned below the target
-    zd, zc = dn0 + n_blocks, dn0 + n_blocks + 1
-    n_cols = zc + 1
-
-    hours = blocks.length * h
-    cost = np.zeros(n_cols)
-    cost[rc0:e0] = weights.degradation * np.concatenate((span, span))
-    cost[up0:dn0] = np.where(sign < 0, weights.shortfall, weights.overshoot) * hours
-    cost[dn0:zd] = np.where(sign > 0, weights.shortfall, weights.overshoot) * hours
-    cost[zd] = cost[zc] = weights.fairness * mean_battery
-
-    lower = np.zeros(n_cols)
-    upper = np.full(n_cols, np.inf)
-    upper[rc0:rd0] = lp.cap_c
-    upper[rd0:e0] = lp.cap_d
-    lower[e0:up0] = lp.e_lo
-    upper[e0:up0] = lp.e_hi
-    lower[zd], lower[zc] = share_floor
-
-    # Dynamics: e_j - e_{j-1} - η·span/scale·C_j + span/(η·scale)·D_j = e_init if j is first else 0.
-    r = [rows, rows, rows, prev]
-    c = [e0 + rows, rc0 + rows, rd0 + rows, e0 + prev - 1]
-    v = [np.ones(n_pairs), -ETA * span / scale, span / (ETA * scale), -np.ones(len(prev))]
-    # Balance per block: Σ (D - C) - up + dn = target.
-    bal = n_pairs + lp.pair_block
-    blk = np.arange(n_blocks)
-    r += [bal, bal, n_pairs + blk, n_pairs + blk]
-    c += [rd0 + rows, rc0 + rows, up0 + blk, dn0 + blk]
-    v += [np.ones(n_pairs), -np.ones(n_pairs), -np.ones(n_blocks), np.ones(n_blocks)]
-    a_eq = sparse.csr_matrix(
-        (np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(n_pairs + n_blocks, n_cols)
-    )
-    b_eq = np.concatenate((np.where(first, lp.e_init[lp.pair_class], 0.0), target))
-    # Fairness: per class Σ span·D/scale - zd <= 0 and Σ span·C/scale - zc <= 0.
-    share = span / scale
-    a_ub = sparse.csr_matrix(
-        (
-            np.concatenate((share, share, -np.ones(2 * k_count))),
-            (
-                np.concatenate((lp.pair_class, k_count + lp.pair_class, np.arange(2 * k_count))),
-                np.concatenate((rd0 + rows, rc0 + rows, np.full(k_count, zd), np.full(k_count, zc))),
-            ),
-        ),
-        shape=(2 * k_count, n_cols),
-    )
-    options: dict = {"presolve": True}
-    if time_limit_s is not None:
-        options["time_limit"] = max(float(time_limit_s), 0.01)
-    res = linprog(
-        cost,
-        A_ub=a_ub if k_count else None,
-        b_ub=np.zeros(2 * k_count) if k_count else None,
-        A_eq=a_eq,
-        b_eq=b_eq,
-        bounds=np.column_stack((lower, upper)),
-        method="highs",
-        options=options,
-    )
-    if res.status != 0 or res.x is None:
-        status = "time_limit" if res.status == 1 else "failed"
-        return _Solution(status, np.zeros(n_pairs), np.zeros(n_pairs), math.inf, str(res.message))
-    x = res.x
-    return _Solution("optimal", x[rc0:rd0], x[rd0:e0], float(res.fun), str(res.message))
+    return _Model(lp, blocks, target, sign, h, weights, mean_battery, share_floor).solve(time_limit_s)
 
 
-def _solve_one_way(lp: _LP, *args, **kwargs) -> tuple[_Solution, float]:
-    """``_solve`` for classes of real vehicles, which cannot charge and discharge in the
-    same slot. The LP can: doing both wastes energy, which it uses when a full fleet is
-    asked to absorb more. Where an optimum does both, the smaller side is fixed to
-    zero and the LP solved again (the first optimum, returned too, stays a lower bound).
-    Any plan left doing both is netted per slot and walked forward by ``_repair``."""
-    sol = _solve(lp, *args, **kwargs)
+def _both(sol: _Solution) -> np.ndarray:
+    return np.minimum(sol.charge, sol.discharge) > 1e-7
+
+
+def _solve_one_way(
+    model: _Model,
+    lp: _LP,
+    blocks: _Blocks,
+    target: np.ndarray,
+    sign: np.ndarray,
+    h: float,
+    weights: ObjectiveWeights,
+    mean_battery: float,
+    time_limit_s: float | None,
+    share_floor: tuple[float, float] = (0.0, 0.0),
+) -> tuple[_Solution, float]:
+    """Solve ``model`` (built from ``lp``, a set of classes of real vehicles) for
+    ``target`` and ``share_floor``. A car cannot charge and discharge in the same slot;
+    the LP can: doing both wastes energy, which it uses when a full fleet is asked to
+    absorb more. Where an optimum does both, the smaller side is fixed to zero and the
+    LP solved again with every pair held in the hull of charging or discharging (the
+    first optimum, returned too, stays a lower bound). Any plan left doing both is
+    netted per slot and walked forward by ``_repair``."""
+    sol = model.solve(time_limit_s, target, share_floor)
     bound = sol.objective
-    for _ in range(3):
-        both = (np.minimum(sol.charge, sol.discharge) > 1e-7) if sol.status == "optimal" else None
+    for _ in range(ONE_WAY_RESOLVES):
+        both = _both(sol) if sol.status == "optimal" else None
         if both is None or not both.any():
             break
         lp = dataclasses.replace(
             lp,
+            one_way=True,
             cap_c=np.where(both & (sol.charge < sol.discharge), 0.0, lp.cap_c),
             cap_d=np.where(both & (sol.charge >= sol.discharge), 0.0, lp.cap_d),
         )
-        again = _solve(lp, *args, **kwargs)
+        again = _Model(lp, blocks, target, sign, h, weights, mean_battery, share_floor).solve(time_limit_s)
         if again.status != "optimal":  # out of time: netting the first one is still a valid plan
             break
         sol = again
@@ -539,11 +669,15 @@ def _exact_power(
 # --- relaxation: groups as one battery (a lower bound) -------------------------------
 
 
-def _relaxed_lp(fleet: _Fleet, blocks: _Blocks, groups: list[np.ndarray]) -> _LP:
+def _relaxed_lp(
+    fleet: _Fleet, blocks: _Blocks, groups: list[np.ndarray], target_b: np.ndarray, h: float
+) -> _LP:
     """Each group as one battery: the sums of its members' power limits (of those
     plugged in) and of their energy bounds. Every constraint is a sum of members'
     constraints, so any per-vehicle plan is feasible here with the same cost: its
-    optimum is a lower bound on the exact one (and equal for a group of one)."""
+    optimum is a lower bound on the exact one (and equal for a group of one). The sums
+    let a member's surplus stand in for another's lack; cuts on each member's own
+    departure charging take most of that back."""
     low, high = _energy_bounds(fleet, blocks)
     parts: dict[str, list] = defaultdict(list)
     scale, init = [], []
@@ -559,7 +693,29 @@ def _relaxed_lp(fleet: _Fleet, blocks: _Blocks, groups: list[np.ndarray]) -> _LP
         parts["e_hi"].append(high[mem][:, plugged].sum(axis=0) / battery)
         scale.append(battery)
         init.append(float((fleet.soc0[mem] * fleet.battery[mem]).sum()) / battery)
-    return _lp_from(parts, scale, init)
+    lp = _lp_from(parts, scale, init)
+    # Each member charges, before each of its departures, at least what it lacks for
+    # it, (target - start SoC)·battery/η from the grid, whatever the others hold; and
+    # at least that less what its own power can charge in the blocks with a charging
+    # target, in the others.
+    hours = blocks.length * h
+    charging = target_b < 0
+    cuts = []
+    for k, mem in enumerate(groups):
+        for slot in sorted({slot for i in mem for slot, _ in fleet.targets[i]}):
+            before = blocks.end <= slot
+            lack_all = lack_rest = 0.0
+            for i in mem:
+                need = max((soc for t, soc in fleet.targets[i] if t <= slot), default=0.0) - fleet.soc0[i]
+                need_kwh = max(need, 0.0) * fleet.battery[i] / ETA
+                lack_all += need_kwh
+                lack_rest += max(
+                    0.0, need_kwh - fleet.max_c[i] * hours[blocks.plugged[i] & before & charging].sum()
+                )
+            for blks, kwh in ((before, lack_all), (before & ~charging, lack_rest)):
+                if kwh > 1e-9:
+                    cuts.append((k, np.flatnonzero(blks), kwh * (1 - 1e-9)))
+    return dataclasses.replace(lp, cuts=cuts)
 
 
 def _energy_bounds(fleet: _Fleet, blocks: _Blocks) -> tuple[np.ndarray, np.ndarray]:
@@ -598,10 +754,12 @@ def _signature(fleet: _Fleet, i: int) -> tuple:
 def _groups(fleet: _Fleet, count_max: int, size_max: int) -> list[np.ndarray]:
     """Vehicles in runs of similar ones (same windows and departure slots, then by
     power per kWh and start SoC), at most ``size_max`` a run; beyond ``count_max``
-    runs, neighbouring runs merge (mixing windows: still a lower bound, looser)."""
+    runs, neighbouring runs merge (mixing windows: still a lower bound, looser), in
+    an order that keeps windows within four slots of each other together first."""
     order = sorted(
         range(len(fleet.ids)),
         key=lambda i: (
+            tuple((start // 4, end // 4) for start, end in fleet.windows[i]),  # merged runs stay close
             _signature(fleet, i),
             float(fleet.max_d[i] / fleet.battery[i]),
             float(fleet.max_c[i] / fleet.battery[i]),
@@ -711,10 +869,12 @@ def _result(
     )
 
 
+ONE_WAY_RESOLVES = 1  # LPs solved again at most to stop a car charging and discharging at once
 # Above this many (class, block) pairs the exact LP gives way to the two-stage plan.
 EXACT_MAX_PAIRS = 40_000
-GROUP_SIZE = 25  # vehicles per battery of the relaxation (smaller: tighter bound, bigger LP)
-GROUP_COUNT = 1_500  # batteries of the relaxation at most
+GROUP_SIZE = 5  # vehicles per battery of the relaxation (smaller: tighter bound, bigger LP)
+GROUP_COUNT = 3_000  # batteries of the relaxation at most
+RELAX_MAX_PAIRS = 40_000  # and fewer when vehicles are plugged in for many blocks
 BATCH_SIZE = 400  # vehicles per exact LP of the second stage
 SWEEPS = 3  # passes over the batches at most (each can only lower the objective)
 
@@ -765,15 +925,12 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
     def remaining() -> float | None:
         return None if time_limit_s is None else time_limit_s - (time.perf_counter() - started)
 
-    def finish(power: np.ndarray, status: str, lower_bound: float | None, classes: int) -> PlanResult:
+    def finish(power: np.ndarray, lower_bound: float, classes: int) -> PlanResult:
         power = _repair(fleet, power, h)
         objective = _objective(fleet, power, target, h, w)
-        gap = None
-        if lower_bound is not None and status == "optimal":
-            gap = 0.0
-        elif lower_bound is not None:
-            gap = max(0.0, (objective - lower_bound) / max(abs(objective), 1e-9))
-            status = "optimal" if gap <= 1e-6 else status
+        gap = max(0.0, (objective - lower_bound) / max(abs(objective), 1e-9))
+        gap = 0.0 if gap <= 1e-9 else gap  # rounding of an exact optimum
+        status = "optimal" if gap <= 1e-6 else "feasible"
         return _result(
             inp, fleet, power, status=status, gap=gap, lower_bound=lower_bound,
             started=started, classes=classes, messages=messages,
@@ -790,15 +947,19 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
     everyone = np.arange(len(fleet.ids))
     lp, classes = _exact_lp(fleet, blocks, everyone)
     if len(lp.pair_class) <= EXACT_MAX_PAIRS:
-        sol, bound = _solve_one_way(lp, blocks, target_b, sign_b, h, w, mean_battery, remaining())
+        model = _Model(lp, blocks, target_b, sign_b, h, w, mean_battery)
+        sol, bound = _solve_one_way(model, lp, blocks, target_b, sign_b, h, w, mean_battery, remaining())
         if sol.status != "optimal":
             return fallback(f"LP not solved ({sol.message})")
         power = _to_slots(blocks, _exact_power(fleet, blocks, lp, classes, sol))
-        return finish(power, "optimal" if bound == sol.objective else "feasible", bound, len(classes))
+        return finish(power, bound, len(classes))
 
     # Stage 1: the relaxation (lower bound, a profile per group).
-    groups = _groups(fleet, GROUP_COUNT, GROUP_SIZE)
-    relaxed = _relaxed_lp(fleet, blocks, groups)
+    per_vehicle = float(blocks.plugged.sum()) / max(len(fleet.ids), 1)  # plugged blocks
+    groups = _groups(
+        fleet, max(1, min(GROUP_COUNT, int(RELAX_MAX_PAIRS / max(per_vehicle, 1.0)))), GROUP_SIZE
+    )
+    relaxed = _relaxed_lp(fleet, blocks, groups, target_b, h)
     rsol = _solve(relaxed, blocks, target_b, sign_b, h, w, mean_battery, remaining())
     if rsol.status != "optimal":
         return fallback(f"relaxed LP not solved ({rsol.message})")
@@ -816,7 +977,11 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
     span = blocks.length * h
     best = math.inf
     n_classes = 0
+    inputs: dict[int, tuple[np.ndarray, tuple[float, float]]] = {}  # per batch, at its last solve
+    models: dict[int, tuple[_LP, list[np.ndarray], _Model]] = {}
+    tol_kw = 1e-7 * max(1.0, float(np.abs(target_b).max(initial=0.0)))
     for sweep in range(SWEEPS):
+        solved = 0
         for k, (mem, _) in enumerate(batches):
             left = remaining()
             if left is not None and left <= 0:
@@ -827,19 +992,38 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
                 float((np.maximum(power_b[others], 0.0) @ span / fleet.battery[others]).max(initial=0.0)),
                 float((np.maximum(-power_b[others], 0.0) @ span / fleet.battery[others]).max(initial=0.0)),
             )
-            lp, classes = _exact_lp(fleet, blocks, mem)
             residual = target_b - (contrib.sum(axis=0) - contrib[k])
-            sol, _ = _solve_one_way(lp, blocks, residual, sign_b, h, w, mean_battery, left, shares)
+            last = inputs.get(k)
+            if last is not None and np.abs(last[0] - residual).max() <= tol_kw and last[1] == shares:
+                continue  # the same LP as last time: the same plan
+            inputs[k] = (residual, shares)
+            solved += 1
+            if k not in models:  # later sweeps start from the last basis: only the target and floors move
+                lp, classes = _exact_lp(fleet, blocks, mem)
+                models[k] = (lp, classes, _Model(lp, blocks, residual, sign_b, h, w, mean_battery))
+            lp, classes, model = models[k]
+            sol, bound = _solve_one_way(model, lp, blocks, residual, sign_b, h, w, mean_battery, left, shares)
             if sol.status != "optimal":
                 continue  # this batch keeps its previous plan (or none yet)
             batch_power = _exact_power(fleet, blocks, lp, classes, sol)[mem]
+            if planned[k] and sol.objective > bound:
+                # Solved again to stop charging and discharging at once, it may have lost to
+                # the plan it replaces (which the plain LP could only improve on).
+                before = _objective(fleet, _to_slots(blocks, power_b), target, h, w)
+                kept = power_b[mem].copy()
+                power_b[mem] = batch_power
+                if _objective(fleet, _to_slots(blocks, power_b), target, h, w) > before:
+                    power_b[mem] = kept
+                    continue
             power_b[mem] = batch_power
             contrib[k] = batch_power.sum(axis=0)
             planned[k] = True
             if sweep == 0:
                 n_classes += len(classes)
         value = _objective(fleet, _to_slots(blocks, power_b), target, h, w)
-        done = value >= best - 1e-9 * max(1.0, abs(best)) or (value - rsol.objective) <= 1e-6 * abs(value)
+        done = (
+            not solved or value >= best - 1e-9 * max(1.0, abs(best)) or value - rsol.objective <= 1e-6 * value
+        )
         best = min(best, value)
         left = remaining()
         if done or not planned.all() or (left is not None and left <= 0):
@@ -850,7 +1034,7 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
         messages.append(f"time limit: {late_count} of {len(batches)} batches get departure charging only")
         late = np.concatenate([mem for k, (mem, _) in enumerate(batches) if not planned[k]])
         power[late] = _fallback(fleet, h)[late]
-    return finish(power, "feasible", rsol.objective, n_classes)
+    return finish(power, rsol.objective, n_classes)
 
 
 def _fallback(fleet: _Fleet, h: float) -> np.ndarray:
