@@ -9,7 +9,9 @@ share plugged at work (08:00-18:00) instead; batteries 40-82 kWh, chargers
 7.4-22 kW, a fifth not V2G capable, start SoCs spread 0.25-0.95. The fleet
 target: discharge at the morning and evening peaks, charging at night and
 at midday. Times ``generate_plan`` and checks every plan with ``plan_check``.
-Writes bench/results/plan.json.
+Writes bench/results/plan.json. ``--scattered``: a stress case where each
+vehicle has one window anywhere in the day (no two alike), against the same
+target (bench/results/plan_scattered.json).
 """
 
 from __future__ import annotations
@@ -30,14 +32,19 @@ RESULTS = ROOT / "bench" / "results"
 DAY = date(2025, 6, 3)  # an ordinary Tuesday: 96 quarter-hours
 
 
-def fleet(n: int, seed: int) -> tuple[PlanVehicle, ...]:
+def fleet(n: int, seed: int, scattered: bool = False) -> tuple[PlanVehicle, ...]:
     rng = random.Random(seed)
     vehicles = []
     for i in range(n):
         battery = rng.choice([40.0, 52.0, 60.0, 64.0, 77.0, 82.0])
         charge = rng.choice([7.4, 7.4, 11.0, 11.0, 22.0])
         discharge = 0.0 if rng.random() < 0.2 else min(charge, rng.choice([7.4, 11.0]))
-        if rng.random() < 0.15:  # plugged at work
+        if scattered:  # a stress case: one window anywhere in the day, nobody alike
+            arrive = rng.randrange(0, 60)
+            leave = rng.randrange(arrive + 8, 97)
+            windows = ((arrive, leave),)
+            targets = ((leave, 0.8),) if leave < 96 else ((96, 0.6),)
+        elif rng.random() < 0.15:  # plugged at work
             arrive, leave = rng.randint(30, 40), rng.randint(64, 76)
             windows = ((arrive, leave),)
             targets = ((leave, rng.choice([0.6, 0.7, 0.8])),)
@@ -76,9 +83,11 @@ def target(n: int) -> tuple[float, ...]:
     return tuple(round(kw * n, 1) for kw in per_vehicle)
 
 
-def run(n: int, seed: int, time_limit_s: float | None) -> dict:
+def run(n: int, seed: int, time_limit_s: float | None, scattered: bool) -> dict:
     slots = day_slots(DAY, "Europe/Paris", 15)
-    inp = PlanInput(slot_starts=slots, slot_minutes=15, target_kw=target(n), vehicles=fleet(n, seed))
+    inp = PlanInput(
+        slot_starts=slots, slot_minutes=15, target_kw=target(n), vehicles=fleet(n, seed, scattered)
+    )
     begin = time.perf_counter()
     result = generate_plan(inp, time_limit_s=time_limit_s)
     wall_s = time.perf_counter() - begin
@@ -115,10 +124,13 @@ def main() -> None:
     parser.add_argument("--vehicles", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds, passed to generate_plan")
+    parser.add_argument(
+        "--scattered", action="store_true", help="stress case: one random window a vehicle, the same target"
+    )
     args = parser.parse_args()
     runs = []
     for n in args.vehicles:
-        row = run(n, args.seed, args.time_limit)
+        row = run(n, args.seed, args.time_limit, args.scattered)
         runs.append(row)
         print(f"{n:,} vehicles: {row['status']} in {row['wall_s']} s", flush=True)
     result = {
@@ -126,13 +138,15 @@ def main() -> None:
         "at": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "seed": args.seed,
+        "windows": "scattered" if args.scattered else "commuter",
         "runs": runs,
         "target_s": {"1000": 10, "10000": 60},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "plan.json"
+    out = RESULTS / ("plan_scattered.json" if args.scattered else "plan.json")
     out.write_text(json.dumps(result, indent=2))
-    print(f"\ngenerate_plan, {DAY} (96 quarter-hours), seed {args.seed}")
+    windows = "scattered windows" if args.scattered else "commuter windows"
+    print(f"\ngenerate_plan, {DAY} (96 quarter-hours), {windows}, seed {args.seed}")
     print(
         f"{'vehicles':>8} {'classes':>7} {'status':>8} {'time s':>7} {'gap':>9} {'target kWh':>11}"
         f" {'shortfall kWh':>13} {'short slots':>11} {'violations':>10} {'check s':>7}"

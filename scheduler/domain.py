@@ -564,30 +564,41 @@ def _solve_one_way(
     mean_battery: float,
     time_limit_s: float | None,
     share_floor: tuple[float, float] = (0.0, 0.0),
+    *,
+    hull_first: bool = True,
 ) -> tuple[_Solution, float]:
     """Solve ``model`` (built from ``lp``, a set of classes of real vehicles) for
     ``target`` and ``share_floor``. A car cannot charge and discharge in the same slot;
     the LP can: doing both wastes energy, which it uses when a full fleet is asked to
-    absorb more. Where an optimum does both, the smaller side is fixed to zero and the
-    LP solved again with every pair held in the hull of charging or discharging (the
-    first optimum, returned too, stays a lower bound). Any plan left doing both is
-    netted per slot and walked forward by ``_repair``."""
+    absorb more. Where an optimum does both, the LP is solved again with every pair in
+    the hull of charging or discharging, C/cap_c + D/cap_d <= 1 (still a relaxation of
+    what cars can do: its optimum, returned too, is a lower bound); where that still
+    does both, the smaller side is fixed to zero and the LP solved again (up to
+    ``ONE_WAY_RESOLVES`` times). Any plan left doing both is netted per slot and
+    walked forward by ``_repair``. ``hull_first=False`` (when the bound is not needed)
+    goes straight to fixing sides, in the hull."""
     sol = model.solve(time_limit_s, target, share_floor)
     bound = sol.objective
-    for _ in range(ONE_WAY_RESOLVES):
+    hull = not hull_first
+    for _ in range(ONE_WAY_RESOLVES + hull_first):
         both = _both(sol) if sol.status == "optimal" else None
         if both is None or not both.any():
             break
-        lp = dataclasses.replace(
-            lp,
-            one_way=True,
-            cap_c=np.where(both & (sol.charge < sol.discharge), 0.0, lp.cap_c),
-            cap_d=np.where(both & (sol.charge >= sol.discharge), 0.0, lp.cap_d),
-        )
+        if hull:  # fix the smaller side where the hull still mixes both
+            lp = dataclasses.replace(
+                lp,
+                one_way=True,
+                cap_c=np.where(both & (sol.charge < sol.discharge), 0.0, lp.cap_c),
+                cap_d=np.where(both & (sol.charge >= sol.discharge), 0.0, lp.cap_d),
+            )
+        else:
+            lp = dataclasses.replace(lp, one_way=True)
         again = _Model(lp, blocks, target, sign, h, weights, mean_battery, share_floor).solve(time_limit_s)
-        if again.status != "optimal":  # out of time: netting the first one is still a valid plan
+        if again.status != "optimal":  # out of time: netting the last one is still a valid plan
             break
         sol = again
+        if not hull:
+            bound, hull = sol.objective, True  # still a relaxation of what cars can do: a better bound
     return sol, bound
 
 
@@ -871,7 +882,7 @@ def _result(
 
 ONE_WAY_RESOLVES = 1  # LPs solved again at most to stop a car charging and discharging at once
 # Above this many (class, block) pairs the exact LP gives way to the two-stage plan.
-EXACT_MAX_PAIRS = 40_000
+EXACT_MAX_PAIRS = 60_000
 GROUP_SIZE = 5  # vehicles per battery of the relaxation (smaller: tighter bound, bigger LP)
 GROUP_COUNT = 3_000  # batteries of the relaxation at most
 RELAX_MAX_PAIRS = 40_000  # and fewer when vehicles are plugged in for many blocks
@@ -944,6 +955,9 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
             started=started, classes=0, messages=messages,
         )  # fmt: skip
 
+    left = remaining()
+    if left is not None and left <= 0:
+        return fallback("no time left to plan")
     everyone = np.arange(len(fleet.ids))
     lp, classes = _exact_lp(fleet, blocks, everyone)
     if len(lp.pair_class) <= EXACT_MAX_PAIRS:
@@ -1002,7 +1016,9 @@ def generate_plan(inp: PlanInput, *, time_limit_s: float | None = None) -> PlanR
                 lp, classes = _exact_lp(fleet, blocks, mem)
                 models[k] = (lp, classes, _Model(lp, blocks, residual, sign_b, h, w, mean_battery))
             lp, classes, model = models[k]
-            sol, bound = _solve_one_way(model, lp, blocks, residual, sign_b, h, w, mean_battery, left, shares)
+            sol, bound = _solve_one_way(
+                model, lp, blocks, residual, sign_b, h, w, mean_battery, left, shares, hull_first=False
+            )
             if sol.status != "optimal":
                 continue  # this batch keeps its previous plan (or none yet)
             batch_power = _exact_power(fleet, blocks, lp, classes, sol)[mem]

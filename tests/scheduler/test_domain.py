@@ -419,6 +419,21 @@ def test_two_stage_is_exact_for_lone_vehicles(two_stage):
     assert result.planned_kw[24:28] == pytest.approx((10.0,) * 4)
 
 
+@pytest.mark.parametrize("path", ["exact", "two stages"])
+def test_no_time_left_still_gives_a_valid_plan_that_meets_departures(path, monkeypatch):
+    if path == "two stages":
+        monkeypatch.setattr(domain, "EXACT_MAX_PAIRS", 0)
+    v = vehicle(soc=0.4, windows=((0, 32),), targets=((32, 0.7),))
+    inp = PlanInput(SLOTS, 15, profile(96, {range(8, 12): 5.0}), (v,))
+    result = generate_plan(inp, time_limit_s=0)
+    assert plan_check(inp, result) == []
+    assert result.status == "feasible" and result.gap is None
+    assert soc_path(v, result, 96)[32] >= 0.7 - 1e-6
+    # The safe plan charges at full power from the start: 11 kW the wrong way, reported.
+    assert result.shortfall_kw[8:12] == pytest.approx((16.0,) * 4)
+    assert any("no time left" in m for m in result.messages)
+
+
 def test_two_stage_is_deterministic(two_stage):
     fleet = random_fleet(random.Random(3), 30, 96)
     target = random_target(random.Random(4), 96, 30)
