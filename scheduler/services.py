@@ -234,7 +234,10 @@ def plan_input(
     target = target_per_slot(cfg, day, slot_starts, slot_minutes)
     vehicles, excluded = _plan_vehicles(day, slot_starts, slot_minutes, fleet_id=fleet_id, now=now)
     weights = domain.ObjectiveWeights(
-        shortfall=cfg.weights.shortfall, degradation=cfg.weights.degradation, fairness=cfg.weights.fairness
+        shortfall=cfg.weights.shortfall,
+        degradation=cfg.weights.degradation,
+        fairness=cfg.weights.fairness,
+        overshoot=cfg.weights.overshoot,
     )
     inp = domain.PlanInput(
         slot_starts=slot_starts,

@@ -276,6 +276,7 @@ class ObjectiveWeights(Section):
     shortfall: NonNegFloat = 1000.0
     degradation: NonNegFloat = 1.0
     fairness: NonNegFloat = 0.1
+    overshoot: NonNegFloat = 1.0
 
 
 class SchedulerConfig(Section):
