@@ -163,6 +163,8 @@ class MetricsConfig(Section):
     prometheus_port: Annotated[int, Field(ge=0, le=65_535)] = 0
     multiproc_dir: str = "var/prometheus"
     kpi_days_exposed: Annotated[int, Field(ge=1, le=366)] = 7
+    # A CSV of marginal factors per quarter-hour (timestamp,gco2_per_kwh); empty = the flat factor.
+    emission_factor_csv: str = ""
 
 
 class TelemetryConfig(Section):
