@@ -1,10 +1,11 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from dispatch.api import DispatchLogView, DispatchViewSet, SignalViewSet, VehicleStatusView
 from fleet.api import FleetViewSet, VehicleViewSet
+from kpis.api import VehicleKpisView
 from scheduler.api import PlanCsvView, PlanDeliveryView, PlanJsonView
 from v2g_project.health import healthz
 from v2g_project.metrics import metrics_view
@@ -26,6 +27,9 @@ urlpatterns = [
     # Before the router: "status" is not a vehicle id.
     path("api/vehicles/status", VehicleStatusView.as_view(), name="vehicle-status"),
     path("api/vehicles/status/", VehicleStatusView.as_view(schema=None)),  # an alias, not documented twice
+    # Before the router too: a vehicle id holds no "/" but may hold dots ("car.1").
+    re_path(r"^api/vehicles/(?P<id>[^/]+)/kpis$", VehicleKpisView.as_view(), name="vehicle-kpis"),
+    re_path(r"^api/vehicles/(?P<id>[^/]+)/kpis/$", VehicleKpisView.as_view(schema=None)),  # an alias
     path("api/dispatch/logs", DispatchLogView.as_view(), name="dispatch-log"),
     path("api/dispatch/logs/", DispatchLogView.as_view(schema=None)),  # an alias, not documented twice
     # Day-ahead plans; the .csv route first: "<date>" would also match "2025-03-30.csv".
