@@ -48,6 +48,7 @@ def test_healthz_is_503_when_the_celery_broker_is_down(client, settings):
     assert "pa55word" not in response.content.decode()
 
 
+@pytest.mark.django_db  # the KPI gauges are read from the database at each scrape
 def test_metrics_endpoint_serves_prometheus_text(client):
     import dispatch.metrics  # noqa: F401 - the counters exist (at 0) once declared
 
@@ -57,6 +58,7 @@ def test_metrics_endpoint_serves_prometheus_text(client):
     names = {family.name for family in text_string_to_metric_families(response.content.decode())}
     # Counter families are listed without their _total suffix by the parser.
     assert {"mqtt_publish_success", "mqtt_publish_failure"} <= names
+    assert {"vehicle_injected_energy_kwh", "vehicle_co2_avoided_grams", "vehicle_energy_ratio"} <= names
 
 
 @pytest.mark.django_db

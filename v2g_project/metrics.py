@@ -2,7 +2,8 @@
 
 Settings puts prometheus-client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR):
 web, each Celery worker child and the bridge write their samples to files in
-one directory; a scrape of /metrics here reads them all.
+one directory; a scrape of /metrics here reads them all. The per-vehicle KPI
+gauges are not in those files: they are read from the stored KPIs at scrape time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 def metrics_view(_request: HttpRequest) -> HttpResponse:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(settings.PROMETHEUS_MULTIPROC_DIR))
+    # The KPI gauges are read from the database at each scrape (see kpis/metrics.py).
+    from kpis.metrics import KpiCollector
+
+    registry.register(KpiCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
