@@ -1,5 +1,5 @@
 """Operator screens for the KPIs: the stored rows, read-only (they are
-recomputed from the commands, never edited), filtered by day and fleet, with
+recomputed from the commands and telemetry, never edited), filtered by day and fleet, with
 the totals of the filtered rows above the list (fleet totals: filter by fleet)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class VehicleDayKpiAdmin(admin.ModelAdmin):
         "consumed_kwh",
         "co2_avoided_g",
         "energy_ratio",
+        "measured_share",
         "computed_at",
     )
     list_filter = (("day", admin.DateFieldListFilter), ("vehicle__fleet", admin.RelatedOnlyFieldListFilter))

@@ -9,6 +9,12 @@ command's ``valid_until``, and the moment the next acknowledged command of the
 same vehicle comes into force (a new setpoint supersedes the old one). Energy
 is power x that duration, split at local midnights (a local day has 23, 24 or
 25 hours) and, with a marginal emission factor series, at quarter-hours.
+
+Telemetry, where there is some, replaces the commands: a reported power holds
+from its sample until the vehicle's next sample, for at most ``MAX_SAMPLE_GAP``
+(a longer gap is unknown, not zero). Over the time so covered the measured
+energy counts (what actually flowed, the vehicle's own charging included);
+over the rest, the commands' energy.
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 QUARTER = dt.timedelta(minutes=15)
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# How long a telemetry sample's power holds at most when no next sample follows
+# sooner; beyond it the power is unknown and the commands count instead.
+MAX_SAMPLE_GAP = dt.timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,14 @@ class AckedCommand:
         return min(self.signal_end_at, self.valid_until)
 
 
+class Sample(NamedTuple):
+    """A power the vehicle reported (kW, + = to the grid) at ``reported_at`` (aware)."""
+
+    vehicle_id: str
+    reported_at: dt.datetime
+    power_kw: float
+
+
 @dataclass(frozen=True)
 class Interval:
     vehicle_id: str
@@ -58,10 +76,19 @@ class DayKpi:
     injected_kwh: float
     consumed_kwh: float
     co2_avoided_g: float
+    measured_kwh: float = 0.0  # the part of injected + consumed that telemetry measured
 
     @property
     def energy_ratio(self) -> float | None:
         return energy_ratio(self.injected_kwh, self.consumed_kwh)
+
+    @property
+    def measured_share(self) -> float:
+        """Share (0-1) of the energy (injected + consumed) measured by telemetry."""
+        total = self.injected_kwh + self.consumed_kwh
+        if total <= 0:
+            return 0.0
+        return min(1.0, self.measured_kwh / total)
 
 
 def energy_ratio(injected_kwh: float, consumed_kwh: float) -> float | None:
@@ -86,6 +113,62 @@ def intervals(commands: Iterable[AckedCommand]) -> list[Interval]:
                 end = min(end, own[i + 1].start_at)
             if end > command.start_at and command.power_kw != 0:
                 out.append(Interval(vehicle_id, command.power_kw, command.start_at, end))
+    return out
+
+
+def measured_intervals(samples: Iterable[Sample], max_gap: dt.timedelta = MAX_SAMPLE_GAP) -> list[Interval]:
+    """The step function of each vehicle's samples: a sample's power from its
+    time until the vehicle's next sample, for at most ``max_gap``. Zero-power
+    intervals are kept: they are measured time (coverage) too."""
+    by_vehicle: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_vehicle[sample.vehicle_id].append(sample)
+    out: list[Interval] = []
+    for vehicle_id, own in by_vehicle.items():
+        own.sort(key=lambda s: s.reported_at)
+        for i, sample in enumerate(own):
+            end = sample.reported_at + max_gap
+            if i + 1 < len(own):
+                end = min(end, own[i + 1].reported_at)
+            if end > sample.reported_at:
+                out.append(Interval(vehicle_id, sample.power_kw, sample.reported_at, end))
+    return out
+
+
+def coverage(measured: Iterable[Interval]) -> dict[str, list[tuple[dt.datetime, dt.datetime]]]:
+    """Per vehicle, the sorted disjoint spans that telemetry covers."""
+    by_vehicle: dict[str, list[tuple[dt.datetime, dt.datetime]]] = defaultdict(list)
+    for interval in measured:
+        by_vehicle[interval.vehicle_id].append((interval.start_at, interval.end_at))
+    out: dict[str, list[tuple[dt.datetime, dt.datetime]]] = {}
+    for vehicle_id, spans in by_vehicle.items():
+        spans.sort()
+        merged = [spans[0]]
+        for start, end in spans[1:]:
+            if start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        out[vehicle_id] = merged
+    return out
+
+
+def uncovered(interval: Interval, spans: list[tuple[dt.datetime, dt.datetime]]) -> list[Interval]:
+    """The parts of ``interval`` outside ``spans`` (sorted, disjoint)."""
+    out: list[Interval] = []
+    at, end = interval.start_at, interval.end_at
+    for span_start, span_end in spans:
+        if span_end <= at:
+            continue
+        if span_start >= end:
+            break
+        if span_start > at:
+            out.append(Interval(interval.vehicle_id, interval.power_kw, at, span_start))
+        at = max(at, span_end)
+        if at >= end:
+            break
+    if at < end:
+        out.append(Interval(interval.vehicle_id, interval.power_kw, at, end))
     return out
 
 
@@ -118,17 +201,30 @@ def daily_kpis(
     tz: ZoneInfo,
     emission_factor: float,
     marginal_factors: Mapping[dt.datetime, float] | None = None,
+    samples: Iterable[Sample] = (),
+    max_gap: dt.timedelta = MAX_SAMPLE_GAP,
 ) -> dict[tuple[str, dt.date], DayKpi]:
     """KPIs per (vehicle id, local day) with any energy.
+
+    Energy: the telemetry ``samples``' step function (see ``measured_intervals``)
+    where it covers the time, the commands' intervals elsewhere.
 
     Flat factor (no series): CO2 avoided = injected kWh x ``emission_factor``.
     With ``marginal_factors`` (gCO2/kWh by quarter-hour start, UTC): avoided =
     Σ injected x factor - Σ consumed x factor per quarter-hour; a quarter-hour
     missing from the series uses ``emission_factor``.
     """
-    sums: dict[tuple[str, dt.date], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    sums: dict[tuple[str, dt.date], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
     quarters = marginal_factors is not None
-    for interval in intervals(commands):
+    measured = measured_intervals(samples, max_gap)
+    covered = coverage(measured)
+    estimated = [
+        part
+        for interval in intervals(commands)
+        for part in uncovered(interval, covered.get(interval.vehicle_id, []))
+    ]
+    pieces = [(True, i) for i in measured if i.power_kw != 0] + [(False, i) for i in estimated]
+    for is_measured, interval in pieces:
         for day, slot, hours in _pieces(interval, tz, quarters):
             energy = interval.power_kw * hours
             acc = sums[(interval.vehicle_id, day)]
@@ -142,6 +238,8 @@ def daily_kpis(
                 acc[1] += -energy
                 if quarters:
                     acc[2] -= -energy * factor
+            if is_measured:
+                acc[3] += abs(energy)
     return {key: DayKpi(*values) for key, values in sums.items()}
 
 

@@ -1,5 +1,6 @@
 """Ecological KPIs per vehicle and local day (SPEC §10), recomputed from the
-acknowledged dispatch commands; a recomputation replaces a day's rows."""
+acknowledged dispatch commands and, where it covers the time, the telemetry;
+a recomputation replaces a day's rows."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ class VehicleDayKpi(models.Model):
 
     vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="day_kpis", db_index=False)
     day = models.DateField(db_index=True, help_text="Local day of scheduler.time_zone.")
-    injected_kwh = models.FloatField(help_text="Energy delivered to the grid (positive setpoints), kWh.")
-    consumed_kwh = models.FloatField(help_text="Energy absorbed from the grid (negative setpoints), kWh.")
+    injected_kwh = models.FloatField(help_text="Energy delivered to the grid (positive power), kWh.")
+    consumed_kwh = models.FloatField(help_text="Energy absorbed from the grid (negative power), kWh.")
     co2_avoided_g = models.FloatField(help_text="CO2 avoided, grams (see metrics.emission_factor).")
     energy_ratio = models.FloatField(
         null=True, blank=True, help_text="Injected / consumed; null when nothing was consumed."
+    )
+    measured_share = models.FloatField(
+        default=0.0,
+        help_text="Share (0-1) of injected + consumed measured by telemetry; the rest is from the commands.",
     )
     computed_at = models.DateTimeField()
 

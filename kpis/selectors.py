@@ -9,7 +9,15 @@ from django.db.models import QuerySet, Sum
 from kpis import domain
 from kpis.models import VehicleDayKpi
 
-ROW_FIELDS = ("day", "injected_kwh", "consumed_kwh", "co2_avoided_g", "energy_ratio", "computed_at")
+ROW_FIELDS = (
+    "day",
+    "injected_kwh",
+    "consumed_kwh",
+    "co2_avoided_g",
+    "energy_ratio",
+    "measured_share",
+    "computed_at",
+)
 
 
 def vehicle_kpis(vehicle_id: str, start: dt.date, end: dt.date) -> dict:

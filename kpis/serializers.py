@@ -6,10 +6,8 @@ from rest_framework import serializers
 
 
 class KpiFigures(serializers.Serializer):
-    injected_kwh = serializers.FloatField(help_text="Energy delivered to the grid, kWh (positive setpoints).")
-    consumed_kwh = serializers.FloatField(
-        help_text="Energy absorbed from the grid, kWh (negative setpoints)."
-    )
+    injected_kwh = serializers.FloatField(help_text="Energy delivered to the grid, kWh (positive power).")
+    consumed_kwh = serializers.FloatField(help_text="Energy absorbed from the grid, kWh (negative power).")
     co2_avoided_g = serializers.FloatField(help_text="CO2 avoided, grams.")
     energy_ratio = serializers.FloatField(
         allow_null=True, help_text="Injected / consumed; null when nothing was consumed."
@@ -18,6 +16,9 @@ class KpiFigures(serializers.Serializer):
 
 class KpiDaySerializer(KpiFigures):
     day = serializers.DateField(help_text="Local day (scheduler.time_zone).")
+    measured_share = serializers.FloatField(
+        help_text="Share (0-1) of injected + consumed measured by telemetry; the rest is from the commands."
+    )
     computed_at = serializers.DateTimeField(help_text="When the day was last recomputed.")
 
 

@@ -1,9 +1,10 @@
-"""Recompute the stored KPIs (SPEC §10) from the acknowledged commands.
+"""Recompute the stored KPIs (SPEC §10) from the acknowledged commands and,
+where it covers the time, the telemetry history (see kpis.domain).
 
-The Command table is authoritative (the dispatch log is written from it when a
-round is final). A day is recomputed in one transaction: its rows are upserted
-and rows of vehicles with no energy any more are deleted, so recomputing is
-idempotent and an interrupted range resumes by running it again.
+The Command table is authoritative for commands (the dispatch log is written
+from it when a round is final). A day is recomputed in one transaction: its
+rows are upserted and rows of vehicles with no energy any more are deleted, so
+recomputing is idempotent and an interrupted range resumes by running it again.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from django.db.models import Min
 from django.utils import timezone
 
 from dispatch.models import Command, CommandStatus
+from fleet.models import Vehicle
 from kpis import domain
 from kpis.models import VehicleDayKpi
+from telemetry.models import VehicleStateHistory
 
-FIELDS = ("injected_kwh", "consumed_kwh", "co2_avoided_g", "energy_ratio", "computed_at")
+FIELDS = ("injected_kwh", "consumed_kwh", "co2_avoided_g", "energy_ratio", "measured_share", "computed_at")
+# Vehicles whose telemetry is loaded and computed at once (bounds the memory).
+VEHICLE_CHUNK = 500
 
 
 def time_zone() -> ZoneInfo:
@@ -88,18 +93,43 @@ def _acked_commands(
     ]
 
 
+def _samples(vehicle_ids: list[str], start_at: dt.datetime, end_at: dt.datetime) -> list[domain.Sample]:
+    """The vehicles' reported powers of [start_at - MAX_SAMPLE_GAP, end_at) (a
+    sample just before the day still holds into it)."""
+    rows = VehicleStateHistory.objects.filter(
+        vehicle_id__in=vehicle_ids,
+        reported_at__gte=start_at - domain.MAX_SAMPLE_GAP,
+        reported_at__lt=end_at,
+    ).values_list("vehicle_id", "reported_at", "power_kw")
+    return [domain.Sample(*row) for row in rows]
+
+
 def kpis_compute_day(day: dt.date, *, fleet_id: str | None = None, now: dt.datetime | None = None) -> int:
     """Recompute one local day's KPIs (every vehicle, or one fleet's); returns
     the number of rows stored."""
     tz = time_zone()
     start_at, end_at = domain.local_day_bounds(day, tz)
     commands = _acked_commands(start_at, end_at, fleet_id)
-    kpis = domain.daily_kpis(
-        commands,
-        tz=tz,
-        emission_factor=settings.V2G.metrics.emission_factor,
-        marginal_factors=marginal_factors(),
-    )
+    by_vehicle: dict[str, list[domain.AckedCommand]] = {}
+    for command in commands:
+        by_vehicle.setdefault(command.vehicle_id, []).append(command)
+    vehicles = Vehicle.objects.all()
+    if fleet_id is not None:
+        vehicles = vehicles.filter(fleet_id=fleet_id)
+    vehicle_ids = sorted(set(vehicles.values_list("id", flat=True)) | set(by_vehicle))
+    factors = marginal_factors()
+    kpis: dict[tuple[str, dt.date], domain.DayKpi] = {}
+    for i in range(0, len(vehicle_ids), VEHICLE_CHUNK):
+        chunk = vehicle_ids[i : i + VEHICLE_CHUNK]
+        kpis.update(
+            domain.daily_kpis(
+                [command for vid in chunk for command in by_vehicle.get(vid, [])],
+                tz=tz,
+                emission_factor=settings.V2G.metrics.emission_factor,
+                marginal_factors=factors,
+                samples=_samples(chunk, start_at, end_at),
+            )
+        )
     now = now or timezone.now()
     rows = [
         VehicleDayKpi(
@@ -109,6 +139,7 @@ def kpis_compute_day(day: dt.date, *, fleet_id: str | None = None, now: dt.datet
             consumed_kwh=round(kpi.consumed_kwh, 6),
             co2_avoided_g=round(kpi.co2_avoided_g, 3),
             energy_ratio=kpi.energy_ratio,
+            measured_share=round(kpi.measured_share, 4),
             computed_at=now,
         )
         for (vehicle_id, kpi_day), kpi in sorted(kpis.items())

@@ -36,3 +36,22 @@ def command(
         valid_until=end_at,
         acked_at=dt.datetime.fromisoformat(acked) if acked else start_at,
     )
+
+
+def telemetry(vehicle_id: str, power_kw: float, start: str, minutes: int, step_min: int = 5) -> None:
+    """Reported states every ``step_min`` minutes over [start, start + minutes)."""
+    from telemetry.models import VehicleStateHistory
+
+    first = dt.datetime.fromisoformat(start)
+    VehicleStateHistory.objects.bulk_create(
+        VehicleStateHistory(
+            vehicle_id=vehicle_id,
+            soc=0.5,
+            plugged_in=True,
+            power_kw=power_kw,
+            reported_at=first + dt.timedelta(minutes=m),
+            received_at=first + dt.timedelta(minutes=m),
+            source="push",
+        )
+        for m in range(0, minutes, step_min)
+    )

@@ -33,6 +33,7 @@ def test_rows_and_totals(api, stored, settings):
     days = [(d["day"], d["injected_kwh"], d["consumed_kwh"], d["energy_ratio"]) for d in body["days"]]
     assert days == [("2025-06-03", 5.0, 0.0, None), ("2025-06-04", 2.0, 4.0, 0.5)]
     assert body["days"][0]["co2_avoided_g"] == pytest.approx(5 * factor)
+    assert body["days"][0]["measured_share"] == 0.0  # no telemetry: all from the commands
     assert body["totals"] == {
         "days": 2,
         "injected_kwh": 7.0,

@@ -173,3 +173,115 @@ def test_a_bad_factor_file_names_the_file_and_line(tmp_path, body, message):
 def test_a_missing_factor_file(tmp_path):
     with pytest.raises(domain.FactorFileError, match="cannot read"):
         domain.read_marginal_factors(tmp_path / "nope.csv")
+
+
+# Telemetry: measured energy where samples cover the time, commands elsewhere.
+
+
+def samples(power_kw, start, minutes, step_min=5, vehicle="ev-1"):
+    """Samples every ``step_min`` minutes from ``start`` (not including start + minutes)."""
+    first = at(start)
+    return [
+        domain.Sample(vehicle, first + dt.timedelta(minutes=m), power_kw) for m in range(0, minutes, step_min)
+    ]
+
+
+def measured(sample_list, commands=(), factor=100.0, marginal=None):
+    return domain.daily_kpis(
+        commands, tz=PARIS, emission_factor=factor, marginal_factors=marginal, samples=sample_list
+    )
+
+
+def test_samples_every_five_minutes_at_ten_kw_for_half_an_hour_are_five_kwh():
+    # 6 samples (10:00 .. 10:25), each holding 5 min until the next; the last
+    # holds until the zero sample at 10:30.
+    rows = samples(10, "2025-06-03T10:00:00+02:00", 30) + samples(0, "2025-06-03T10:30:00+02:00", 5)
+    kpi = measured(rows)[("ev-1", dt.date(2025, 6, 3))]
+    assert (kpi.injected_kwh, kpi.consumed_kwh) == pytest.approx((5.0, 0.0))
+    assert kpi.co2_avoided_g == pytest.approx(500.0)
+    assert kpi.measured_share == 1.0
+
+
+def test_the_last_sample_holds_for_the_max_gap_only():
+    kpi = measured([domain.Sample("ev-1", at("2025-06-03T10:00:00+02:00"), 10.0)])[
+        ("ev-1", dt.date(2025, 6, 3))
+    ]
+    assert kpi.injected_kwh == pytest.approx(10 * domain.MAX_SAMPLE_GAP.total_seconds() / 3600)
+
+
+def test_telemetry_replaces_the_commands_where_it_covers_the_time():
+    # Command: +10 kW 10:00-11:00 (10 kWh). Telemetry covers 10:00-10:30 and
+    # measures only 6 kW there: 3 kWh measured + 5 kWh commanded for 10:30-11:00.
+    rows = samples(6, "2025-06-03T10:00:00+02:00", 30)
+    rows.append(domain.Sample("ev-1", at("2025-06-03T10:30:00+02:00"), 6.0))  # holds 10:30-10:45
+    command = cmd(10, "2025-06-03T10:00:00+02:00", "2025-06-03T10:00:00+02:00", 3600)
+    kpi = measured(rows, [command])[("ev-1", dt.date(2025, 6, 3))]
+    # 10:00-10:45 measured at 6 kW (4.5 kWh), 10:45-11:00 from the command (2.5 kWh).
+    assert kpi.injected_kwh == pytest.approx(4.5 + 2.5)
+    assert kpi.measured_share == pytest.approx(4.5 / 7.0)
+
+
+def test_a_gap_longer_than_the_max_gap_falls_back_to_the_commands():
+    # Samples at 10:00 and 11:00 only (0 kW measured): 10:00-10:15 and
+    # 11:00-11:15 are measured (zero), 10:15-11:00 is unknown: the command counts.
+    rows = [
+        domain.Sample("ev-1", at("2025-06-03T10:00:00+02:00"), 0.0),
+        domain.Sample("ev-1", at("2025-06-03T11:00:00+02:00"), 0.0),
+    ]
+    command = cmd(8, "2025-06-03T10:00:00+02:00", "2025-06-03T10:00:00+02:00", 7200)  # 10:00-12:00
+    kpi = measured(rows, [command])[("ev-1", dt.date(2025, 6, 3))]
+    assert kpi.injected_kwh == pytest.approx(8 * (0.75 + 0.75))  # 10:15-11:00 and 11:15-12:00
+    assert kpi.measured_share == 0.0
+
+
+def test_charging_samples_are_consumed_and_make_the_ratio():
+    rows = (
+        samples(10, "2025-06-03T10:00:00+02:00", 30)
+        + samples(-5, "2025-06-03T10:30:00+02:00", 60)
+        + samples(0, "2025-06-03T11:30:00+02:00", 5)
+    )
+    kpi = measured(rows)[("ev-1", dt.date(2025, 6, 3))]
+    assert (kpi.injected_kwh, kpi.consumed_kwh) == pytest.approx((5.0, 5.0))
+    assert kpi.energy_ratio == pytest.approx(1.0)
+    assert kpi.co2_avoided_g == pytest.approx(500.0)  # flat factor: injected only
+
+
+def test_only_zero_power_telemetry_gives_no_row():
+    assert measured(samples(0, "2025-06-03T10:00:00+02:00", 60)) == {}
+
+
+def test_telemetry_is_split_at_local_midnight():
+    # 23:30 to 00:30 local at -4 kW: 2 kWh each day.
+    rows = samples(-4, "2025-06-03T23:30:00+02:00", 60) + samples(0, "2025-06-04T00:30:00+02:00", 5)
+    out = measured(rows)
+    assert out[("ev-1", dt.date(2025, 6, 3))].consumed_kwh == pytest.approx(2.0)
+    assert out[("ev-1", dt.date(2025, 6, 4))].consumed_kwh == pytest.approx(2.0)
+
+
+def test_telemetry_over_the_autumn_dst_day_has_25_hours():
+    # Every 5 min at +2 kW from local midnight to the next: 25 h on 2025-10-26.
+    start = at("2025-10-26T00:00:00+02:00")
+    end = at("2025-10-27T00:00:00+01:00")
+    rows, t = [], start
+    while t < end:
+        rows.append(domain.Sample("ev-1", t, 2.0))
+        t += dt.timedelta(minutes=5)
+    rows.append(domain.Sample("ev-1", end, 0.0))
+    out = measured(rows)
+    assert out[("ev-1", dt.date(2025, 10, 26))].injected_kwh == pytest.approx(50.0)
+    assert ("ev-1", dt.date(2025, 10, 27)) not in out
+
+
+def test_telemetry_with_quarter_hour_marginal_factors():
+    rows = samples(-4, "2025-06-03T10:00:00+02:00", 30) + samples(0, "2025-06-03T10:30:00+02:00", 5)
+    quarter = at("2025-06-03T10:15:00+02:00").astimezone(UTC)
+    kpi = measured(rows, factor=100.0, marginal={quarter: 300.0})[("ev-1", dt.date(2025, 6, 3))]
+    assert kpi.co2_avoided_g == pytest.approx(-(1.0 * 100 + 1.0 * 300))
+
+
+def test_telemetry_of_one_vehicle_does_not_hide_the_commands_of_another():
+    rows = samples(0, "2025-06-03T10:00:00+02:00", 60, vehicle="ev-2")
+    command = cmd(10, "2025-06-03T10:00:00+02:00", "2025-06-03T10:00:00+02:00", 1800)
+    out = measured(rows, [command])
+    assert out[("ev-1", dt.date(2025, 6, 3))].injected_kwh == pytest.approx(5.0)
+    assert ("ev-2", dt.date(2025, 6, 3)) not in out

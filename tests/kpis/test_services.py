@@ -12,7 +12,7 @@ from dispatch.models import CommandStatus
 from kpis import services, tasks
 from kpis.models import VehicleDayKpi
 from tests.conftest import replace
-from tests.kpis.fixtures import command, vehicle
+from tests.kpis.fixtures import command, telemetry, vehicle
 
 pytestmark = pytest.mark.django_db
 DAY = dt.date(2025, 6, 3)
@@ -46,6 +46,47 @@ def test_a_day_from_acked_commands(fleet_commands):
         ("ev-2", DAY, 4.0, 0.0, 200.0, None),
         ("other.1", DAY, 1.0, 0.0, 50.0, None),
     ]
+
+
+def test_telemetry_wins_where_it_exists_and_the_commands_elsewhere(fleet_commands):
+    # ev-1 reported +6 kW (not the commanded 10) over 10:00-10:30, and its own
+    # charging at -2 kW over 14:00-15:00 (no command): both are measured. Its
+    # -4 kW command 12:15-13:00 has no telemetry: 3 kWh from the command.
+    telemetry("ev-1", 6, "2025-06-03T10:00:00+02:00", 30)
+    telemetry("ev-1", 0, "2025-06-03T10:30:00+02:00", 5)
+    telemetry("ev-1", -2, "2025-06-03T14:00:00+02:00", 60)
+    telemetry("ev-1", 0, "2025-06-03T15:00:00+02:00", 5)
+    # ev-2 (commanded +8 kW 23:30-00:30) reported +6 kW every 5 min from 23:30
+    # to 00:10; the last sample holds until 00:25: 3 kWh on the 3rd; on the 4th
+    # 2.5 kWh measured (00:00-00:25) + 8 kW x 5 min from the command.
+    telemetry("ev-2", 6, "2025-06-03T23:30:00+02:00", 45)
+    # A vehicle with telemetry only (its own charging) gets a row too.
+    vehicle("ev-3")
+    telemetry("ev-3", -3, "2025-06-03T08:00:00+02:00", 20)
+    telemetry("ev-3", 0, "2025-06-03T08:20:00+02:00", 5)
+    assert services.kpis_compute_range(DAY, DAY + dt.timedelta(days=1)) == 5
+    assert figures() == [
+        ("ev-1", DAY, 3.0, 5.0, 150.0, pytest.approx(0.6)),
+        ("ev-2", DAY, 3.0, 0.0, 150.0, None),
+        (
+            "ev-2",
+            DAY + dt.timedelta(days=1),
+            pytest.approx(2.5 + 8 / 12),
+            0.0,
+            pytest.approx(50 * (2.5 + 8 / 12), abs=1e-3),
+            None,
+        ),
+        ("ev-3", DAY, 0.0, 1.0, 0.0, 0.0),
+        ("other.1", DAY, 1.0, 0.0, 50.0, None),
+    ]
+    shares = dict(VehicleDayKpi.objects.filter(day=DAY).values_list("vehicle_id", "measured_share"))
+    assert shares == {"ev-1": pytest.approx(5 / 8, abs=1e-4), "ev-2": 1.0, "ev-3": 1.0, "other.1": 0.0}
+    # Idempotent with telemetry too.
+    first = figures()
+    call_command(
+        "kpis_backfill", "--start", "2025-06-03", "--end", "2025-06-04", "--no-progress", stdout=io.StringIO()
+    )
+    assert figures() == first
 
 
 def test_backfill_is_idempotent_and_resumable(fleet_commands):
