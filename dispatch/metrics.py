@@ -26,3 +26,26 @@ ACKS = Counter(
     "Acks received by outcome: accepted, rejected, duplicate, late, unknown, mismatch.",
     ["outcome"],
 )
+
+# --- synthetic RTE signal generator (issue 10) --------------------------------
+GENERATOR_SIGNALS = Counter(
+    "rte_generator_signals_total", "Synthetic signals submitted by the generator.", ["signal_type"]
+)
+GENERATOR_POWER_SUM = Gauge(
+    "rte_generator_power_requested_kw_sum",
+    "Sum of the signed power (kW, positive = to the grid) of the synthetic signals submitted.",
+    multiprocess_mode="sum",
+)
+GENERATOR_LAST_EMIT = Gauge(
+    "rte_generator_last_emit_timestamp_seconds",
+    "Unix time of the generator's latest submitted signal.",
+    multiprocess_mode="max",
+)
+GENERATOR_EMIT_ERRORS = Counter(
+    "rte_generator_emit_errors_total", "Synthetic signals the generator failed to submit."
+)
+GENERATOR_INTERVAL = Histogram(
+    "rte_generator_interval_seconds",
+    "Scenario time between two consecutive synthetic signals.",
+    buckets=(1.0, 4.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1800.0, 3600.0),
+)

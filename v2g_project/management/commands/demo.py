@@ -29,6 +29,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from dispatch.generator import SCENARIOS
 from fleet import services as fleet_services
 from fleet.models import ApiToken, Fleet, Site, Vehicle
 from v2g_project import health, mqtt
@@ -68,6 +69,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--seed", type=int, default=42, help="Seed of the simulator and the demo signals."
         )
+        parser.add_argument(
+            "--rte-gen",
+            action="store_true",
+            help="Also run the synthetic RTE signal generator (as rteGenerator.enabled: true).",
+        )
+        parser.add_argument(
+            "--rte-gen-scenario",
+            choices=SCENARIOS,
+            metavar="NAME",
+            help=f"Generator scenario (implies --rte-gen): {', '.join(SCENARIOS)}.",
+        )
         # Set by the demo itself when it re-executes with embedded services resolved.
         parser.add_argument("--resolved", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("--embedded-mqtt", action="store_true", help=argparse.SUPPRESS)
@@ -105,6 +117,10 @@ class Command(BaseCommand):
             self._start("bridge", [sys.executable, "manage.py", "mqtt_bridge"], env)
             if vehicles:
                 self._start("simulator", self._simulator_command(vehicles, options["seed"]), env)
+            gen_scenario = options["rte_gen_scenario"]
+            if options["rte_gen"] or gen_scenario or settings.V2G.rte_generator.enabled:
+                gen = [sys.executable, "manage.py", "rte_generate", "--fleet", DEMO_FLEET]
+                self._start("rte-generator", [*gen, "--scenario", gen_scenario] if gen_scenario else gen, env)
             self._report(port, env)
             self._run(stop, duration, options["signal_every"], options["seed"])
         finally:
