@@ -424,13 +424,17 @@ def test_presence_a_retained_birth_then_a_retained_will_and_nothing_after_a_clea
     try:
         sim = start_sim("--count", "2", "--telemetry-interval-s", "0")
         assert sim.lines[0].endswith(f"lwt={topic}")
-        birth = listen(topic).wait(1)[0]
+        live = listen(topic)
+        birth = live.wait(1)[0]
         assert birth.retain
         birth = json.loads(birth.payload)
         assert (birth["status"], birth["online"], birth["vehicle_ids"]) == ("online", True, ids(prefix, 2))
 
         sim.proc.send_signal(signal.SIGKILL)  # no DISCONNECT: the broker publishes the will
         sim.wait_exit()
+        # The broker publishes the will when it notices the dead connection: wait
+        # for it live, so that the new subscription below surely gets it retained.
+        live.wait(2)
         will = listen(topic).wait(1)[0]  # a new subscription: what the broker retains now
         assert will.retain
         will = json.loads(will.payload)
