@@ -137,7 +137,12 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
         with urllib.request.urlopen(request, timeout=10) as response:
             assert [f["id"] for f in json.load(response)["results"]] == ["demo"]
         # Simulated vehicles acknowledge a demo signal, end to end.
-        wait_for(lambda: summary.search("".join(lines)), 90, "a demo dispatch to finish")
+        try:
+            wait_for(lambda: summary.search("".join(lines)), 90, "a demo dispatch to finish")
+        except AssertionError as exc:  # say why: the console and the tail of each process log
+            logs = sorted((ROOT / "var" / "log").glob("*.log"))
+            tails = "".join(f"\n--- {p.name}\n" + "".join(p.read_text().splitlines(True)[-15:]) for p in logs)
+            raise AssertionError(f"{exc}\n--- demo console\n{''.join(lines)[-3000:]}{tails}") from None
         demo.send_signal(signal.SIGINT)  # Ctrl-C
         assert demo.wait(timeout=60) == 0, "".join(lines)
         reader.join(10)
