@@ -21,17 +21,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database, percentile
-from bench.http import gunicorn, session_cookie, time_get
+from bench.dispatch_fanout import ROOT, percentile
+from bench.http import django_setup, gunicorn, session_cookie, time_get
 
 RESULTS = ROOT / "bench" / "results"
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -146,23 +142,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="postgres://v2g:v2g@127.0.0.1:5432/v2g_bench")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="v2g-bench-logs-"))
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "K_METRICS__MULTIPROC_DIR": str(workdir / "prometheus"),
-        "K_LOGGING__LEVEL": "WARNING",
-        "K_LOGGING__BACKEND": "sqlite",
-        "DJANGO_SETTINGS_MODULE": "v2g_project.settings",
-    }
-    os.environ.update(env)
-    (workdir / "prometheus").mkdir()
-    _ensure_database(args.database_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-
-    import django
-
-    django.setup()
+    env = django_setup(args.database_url, "logs", K_LOGGING__BACKEND="sqlite")
     from django.db import connection
 
     begin = time.perf_counter()

@@ -1,18 +1,46 @@
-"""What the API benchmarks share: a staff session, a gunicorn server on a free
-loopback port, and timing repeated GETs."""
+"""What the API benchmarks share: a migrated bench database with Django set up,
+a staff session, a gunicorn server on a free loopback port, and timing
+repeated GETs."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, free_port, percentile
+from bench.dispatch_fanout import ROOT, _ensure_database, free_port, percentile
+
+
+def django_setup(database_url: str, name: str, **overrides: str) -> dict[str, str]:
+    """Create and migrate the bench database, set up Django in this process with
+    quiet logs and its own metrics directory (plus ``overrides``, e.g. config
+    ``K_...`` variables); returns the environment for the server processes."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"v2g-bench-{name}-"))
+    (workdir / "prometheus").mkdir()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "K_METRICS__MULTIPROC_DIR": str(workdir / "prometheus"),
+        "K_LOGGING__LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "v2g_project.settings",
+        **overrides,
+    }
+    os.environ.update(env)
+    _ensure_database(database_url)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+
+    import django
+
+    django.setup()
+    return env
 
 
 def session_cookie() -> str:

@@ -18,15 +18,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database
-from bench.http import gunicorn, session_cookie, time_get
+from bench.dispatch_fanout import ROOT
+from bench.http import django_setup, gunicorn, session_cookie, time_get
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -107,35 +103,18 @@ def main() -> None:
     parser.add_argument("--database-url", default="postgres://v2g:v2g@127.0.0.1:5432/v2g_bench")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="v2g-bench-status-"))
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "K_METRICS__MULTIPROC_DIR": str(workdir / "prometheus"),
-        "K_LOGGING__LEVEL": "WARNING",
-        "K_TELEMETRY__PREDICTION_HISTORY_DAYS": str(args.history_days),
-        "DJANGO_SETTINGS_MODULE": "v2g_project.settings",
-    }
-    os.environ.update(env)
-    (workdir / "prometheus").mkdir()
-    _ensure_database(args.database_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-
-    import django
-
-    django.setup()
+    env = django_setup(
+        args.database_url, "status", K_TELEMETRY__PREDICTION_HISTORY_DAYS=str(args.history_days)
+    )
     from telemetry import services
 
     n = args.vehicles
     begin = time.perf_counter()
     fleet_id = _fleet(n, args.history_days)
     print(f"fleet ready in {time.perf_counter() - begin:.1f} s", flush=True)
-    fleet_ids = list(
-        __import__("fleet.models", fromlist=["Vehicle"])
-        .Vehicle.objects.filter(fleet_id=fleet_id)
-        .order_by("id")
-        .values_list("id", flat=True)
-    )
+    from fleet.models import Vehicle
+
+    fleet_ids = list(Vehicle.objects.filter(fleet_id=fleet_id).order_by("id").values_list("id", flat=True))
     begin = time.perf_counter()
     learned = services.profiles_learn(vehicle_ids=fleet_ids)
     learn_s = time.perf_counter() - begin
