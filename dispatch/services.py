@@ -76,7 +76,14 @@ class SignalRejected(ValueError):
 # --- submission ----------------------------------------------------------------
 
 
-def signal_submit(
+def signal_submit(**kwargs) -> tuple[FlexibilitySignal, Dispatch]:
+    """Store a signal and its first dispatch round; allocation runs after commit.
+    The keyword arguments are :func:`signal_submit_once`'s."""
+    signal, dispatch, _created = signal_submit_once(**kwargs)
+    return signal, dispatch
+
+
+def signal_submit_once(
     *,
     signal_type: str,
     power_kw: float,
@@ -87,8 +94,10 @@ def signal_submit(
     fleet_id: str | None = None,
     external_id: str = "",
     setpoints_kw: Mapping[str, float] | None = None,
-) -> tuple[FlexibilitySignal, Dispatch]:
-    """Store a signal and its first dispatch round; allocation runs after commit.
+) -> tuple[FlexibilitySignal, Dispatch, bool]:
+    """Store a signal and its first dispatch round, as :func:`signal_submit`, and say
+    whether this call created the signal
+    (False: an earlier submission with the same ``source`` and ``external_id``).
 
     With ``external_id``, submitting the same signal twice returns the first.
     With ``setpoints_kw`` (vehicle id -> signed kW, e.g. a day-ahead plan's
@@ -127,7 +136,7 @@ def signal_submit(
     if external_id:
         existing = _existing_submission(source, external_id)
         if existing:
-            return existing
+            return (*existing, False)
     try:
         with transaction.atomic():
             signal = FlexibilitySignal.objects.create(
@@ -147,9 +156,9 @@ def signal_submit(
         existing = _existing_submission(source, external_id) if external_id else None
         if existing is None:
             raise
-        return existing
+        return (*existing, False)
     log.info("signal %s accepted: %s, dispatch %s", signal.id, signal, dispatch.id)
-    return signal, dispatch
+    return signal, dispatch, True
 
 
 def _planned_setpoints(setpoints_kw: Mapping[str, float] | None, power_kw: float) -> dict[str, float] | None:

@@ -72,3 +72,22 @@ def dispatch_collect_task(self, dispatch_id: str) -> str:
 @shared_task(name="dispatch.sweep", acks_late=True, expires=60, max_retries=3, **DB_RETRY)
 def dispatch_sweep_task() -> dict:
     return services.dispatch_sweep()
+
+
+# --- synthetic signals, Beat-driven (rteGenerator.runner: beat) ----------------------
+
+
+@shared_task(name="dispatch.generator_tick", max_retries=3, **DB_RETRY)
+def generator_tick_task() -> dict:
+    from dispatch.generator_runner import generator_tick
+
+    return generator_tick()
+
+
+@shared_task(
+    name="dispatch.generator_emit", acks_late=True, reject_on_worker_lost=True, max_retries=5, **DB_RETRY
+)
+def generator_emit_task(**kwargs) -> str:
+    from dispatch.generator_runner import generator_emit
+
+    return generator_emit(**kwargs)

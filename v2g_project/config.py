@@ -231,20 +231,64 @@ class LoggingConfig(Section):
 # --- RTE ---------------------------------------------------------------------
 
 
+Scenario = Literal["steady", "ramp", "burst", "random_walk", "afrr", "fcr_frequency", "replay"]
+
+
+class RteMockConfig(Section):
+    """The mock RTE server (``mode: mock``): what it listens on and what it publishes."""
+
+    address: str = "127.0.0.1:8090"  # host:port, loopback for demos
+    client_id: str = "v2g-mock"
+    client_secret: str = "v2g-mock-secret"  # a local demo credential, not a secret
+    token_ttl_seconds: PositiveInt = 3600
+    # The generator scenario the mock publishes as activations (with rteGenerator's ranges).
+    scenario: Scenario = "steady"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8090")
+        return value
+
+
 class RteConfig(Section):
+    enabled: bool = False
     mode: Literal["mock", "client"] = "mock"
-    base_url: str = "http://127.0.0.1:8090"
+    token_url: str = ""
+    api_url: str = ""
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
     poll_interval_seconds: PositiveInt = 60
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    overlap_seconds: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    lookback_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
+    backoff_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 300.0
+    fleet_id: str = ""
+    mock: RteMockConfig = RteMockConfig()
 
+    @field_validator("token_url", "api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("expected an http(s):// URL")
+        return value
 
-Scenario = Literal["steady", "ramp", "burst", "random_walk", "afrr", "fcr_frequency", "replay"]
+    @model_validator(mode="after")
+    def _client_needs(self) -> RteConfig:
+        if self.mode == "client":
+            missing = [k for k in ("token_url", "api_url", "client_id") if not getattr(self, k)]
+            if not self.client_secret.get_secret_value():
+                missing.append("client_secret")
+            if missing:
+                raise ValueError(f"mode 'client' needs {', '.join(missing)}")
+        return self
 
 
 class RteGeneratorConfig(Section):
     enabled: bool = False
+    runner: Literal["process", "beat"] = "process"
     scenario: Scenario = "steady"
     min_interval_seconds: Annotated[float, Field(gt=0)] = 120
     max_interval_seconds: Annotated[float, Field(gt=0)] = 300
@@ -256,6 +300,7 @@ class RteGeneratorConfig(Section):
     jitter_pct: Annotated[float, Field(ge=0, le=100)] = 15.0
     seed: int = 42
     replay_file: str = ""
+    fleet_id: str = ""
 
     @model_validator(mode="after")
     def _ranges(self) -> RteGeneratorConfig:
