@@ -446,3 +446,76 @@ def test_beat_jobs_send_cron_check_ins(fake_sentry, tmp_path):
     assert done["duration"] is not None and done["duration"] >= 0
     assert started["monitor_config"]["schedule"] == {"type": "interval", "value": 1, "unit": "minute"}
     assert started["environment"] == ENVIRONMENT
+
+
+REQUEST_PROBE = """
+import os, threading, urllib.error, urllib.request
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+import django
+django.setup()
+from django.core.wsgi import get_wsgi_application
+import sentry_sdk
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=Quiet)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+request = urllib.request.Request(
+    f"http://127.0.0.1:{server.server_port}/api/vehicles/?token={os.environ['PROBE_QUERY']}&limit=5",
+    headers={
+        "Cookie": f"sessionid={os.environ['PROBE_COOKIE']}",
+        "Authorization": f"Bearer {os.environ['K_API__STATIC_TOKEN']}",
+        "X-Api-Key": os.environ["PROBE_HEADER"],
+    },
+)
+try:
+    status = urllib.request.urlopen(request, timeout=20).status
+except urllib.error.HTTPError as exc:
+    status = exc.code
+sentry_sdk.flush(timeout=5)
+server.shutdown()
+print(status)
+"""
+
+
+def test_a_failing_request_is_reported_without_its_credentials(fake_sentry):
+    """The database is down: an API request fails with a 500, reported by the
+    Django integration without its headers, cookies or query-string secrets."""
+    cookie, query_token, header_key = (
+        f"{name}-{secrets.token_hex(8)}" for name in ("cookie", "query", "header")
+    )
+    env = secret_env()
+    db_password = "db-pass-" + secrets.token_hex(8)
+    result = subprocess.run(
+        # Not in argv: the SDK reports a process's command line (sys.argv).
+        [sys.executable, "-c", REQUEST_PROBE],
+        cwd=ROOT,
+        env=subprocess_env(
+            DATABASE_URL=f"postgres://v2g:{db_password}@127.0.0.1:9/v2g",  # nothing listens there
+            K_SENTRY__DSN=fake_sentry.dsn("requestkey"),
+            K_SENTRY__ENVIRONMENT=ENVIRONMENT,
+            PROBE_COOKIE=cookie,
+            PROBE_QUERY=query_token,
+            PROBE_HEADER=header_key,
+            **env,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "500", result.stderr[-3000:]
+    (item,) = fake_sentry.wait(lambda items: events(items), 10, "the request's exception")
+    event = item.payload
+    assert event["exception"]["values"][-1]["type"] == "OperationalError"
+    request = event["request"]
+    assert request["url"].endswith("/api/vehicles/") and request["method"] == "GET"
+    assert request["query_string"] == f"token={FILTERED}&limit=5"
+    # Ours or the SDK's own scrubber (which leaves "" and a note in _meta).
+    assert {request["headers"][h] for h in ("Authorization", "Cookie", "X-Api-Key")} <= {FILTERED, ""}
+    assert "cookies" not in request
+    for raw in fake_sentry.raw:
+        text = raw.decode()
+        for secret in (cookie, query_token, header_key, db_password, *env.values()):
+            assert secret not in text
