@@ -199,6 +199,7 @@ def test_the_scrubber_removes_credentials_from_every_part_of_an_event():
         },
         "breadcrumbs": {"values": [{"message": f"secret key is {SECRETS['django']}"}]},
         "extra": {"mqtt_password": "x", "count": 3},
+        "modules": {"authlib": "1.9.9", "django": "5.2.19"},
     }
     cleaned = scrub(event, {})
     text = json.dumps(cleaned)
@@ -211,6 +212,7 @@ def test_the_scrubber_removes_credentials_from_every_part_of_an_event():
     assert request["env"] == {"SERVER_NAME": "web", "DJANGO_SECRET_KEY": FILTERED}
     assert request["data"] == {"username": "op", "password": FILTERED}
     assert cleaned["extra"] == {"mqtt_password": FILTERED, "count": 3}
+    assert cleaned["modules"] == {"authlib": "1.9.9", "django": "5.2.19"}  # package names, not keys
     assert cleaned["message"] == f"connect to postgres://v2g:{FILTERED}@db/v2g failed"
     assert cleaned["exception"]["values"][0]["stacktrace"]["frames"][0]["module"] == "v2g_project.mqtt"
 

@@ -100,7 +100,11 @@ class Scrubber:
         request = event.get("request")
         if isinstance(request, dict) and isinstance(request.get("query_string"), str):
             request["query_string"] = self._query(request["query_string"])
-        return self._clean(event)
+        modules = event.pop("modules", None)  # installed packages: "authlib" is no credential
+        event = self._clean(event)
+        if modules is not None:
+            event["modules"] = modules
+        return event
 
     @staticmethod
     def context_tags(hint: Mapping[str, Any]) -> dict[str, str]:
@@ -166,7 +170,7 @@ def sentry_init(config: Config, *, extra_secrets: Sequence[str] = ()) -> None:
         include_local_variables=False,
         event_scrubber=EventScrubber(denylist=[*DEFAULT_DENYLIST, "dsn", "static_token"], recursive=True),
         integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
+        # Breadcrumbs only leave inside an event, which before_send cleans whole.
         before_send=scrubber,
         before_send_transaction=scrubber,
-        before_breadcrumb=lambda crumb, _hint: scrubber._clean(crumb),
     )
