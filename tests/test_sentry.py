@@ -249,6 +249,7 @@ import json, logging, sys, threading
 import django
 django.setup()
 from v2g_project.celery import app  # the worker's and Beat's app, with its integrations if any
+app.loader.import_default_modules()  # and every task module, as a worker imports them
 from v2g_project.logcontext import log_context
 with log_context(dispatch_id="d-1"):
     logging.getLogger("dispatch.services").error("an error that Sentry would report")
@@ -262,6 +263,7 @@ print(json.dumps({
     "transport": sentry_sdk.get_client().transport is not None,
     "threads": sorted(t.name for t in threading.enumerate()),
     "beat_patched": "sentry" in celery.beat.Scheduler.apply_entry.__name__,
+    "tasks_loaded": "dispatch.tasks" in sys.modules,
 }))
 """
 
@@ -288,6 +290,7 @@ def test_an_empty_dsn_disables_sentry_completely(fake_sentry):
         "transport": False,
         "threads": ["MainThread"],
         "beat_patched": False,
+        "tasks_loaded": True,
     }
     assert fake_sentry.items == []
     # The same process with a DSN: the SDK, its thread, Beat patched, the error reported.
