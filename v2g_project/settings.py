@@ -264,29 +264,45 @@ MQTT_BRIDGE_ROUTE_PROVIDERS = [
 
 # --- logging -----------------------------------------------------------------
 
+# Process logs (not the dispatch log of SPEC §9): readable text by default, one
+# JSON object per line with logging.format "json" (production). Both carry what
+# a line is about (dispatch, vehicle, signal type, Celery task), see
+# v2g_project/logcontext.py and docs/observability.md.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "v2g_project.logcontext.ContextFilter"}},
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"},
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        "text": {
+            "()": "v2g_project.logcontext.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
         },
+        "json": {"()": "v2g_project.logcontext.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": V2G.logging.format},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": V2G.logging.format,
+            "filters": ["context"],
+        },
     },
     "root": {"handlers": ["console"], "level": V2G.logging.level},
     "loggers": {
         "django": {"level": "INFO" if V2G.logging.level == "DEBUG" else V2G.logging.level},
+        # Celery's task logger does not propagate: give it our handler, or Celery
+        # would give it its own format.
+        "celery.task": {"handlers": ["console"], "propagate": False},
     },
 }
+# Celery workers and Beat keep the handler above instead of installing their own
+# (which would ignore logging.format); --loglevel still sets the level.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Sentry (off unless a DSN is configured) -------------------------------------
 
+# An empty DSN: the SDK is not even imported (docs/observability.md). Every
+# secret of the configuration, and the Django key, is masked in what it sends.
 if V2G.sentry.dsn.get_secret_value():
     from v2g_project.observability import sentry_init
 
-    sentry_init(V2G.sentry)
+    sentry_init(V2G, extra_secrets=[SECRET_KEY])
