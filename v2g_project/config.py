@@ -341,6 +341,8 @@ class CeleryConfig(Section):
     task_time_limit_s: PositiveInt = 300
     task_soft_time_limit_s: PositiveInt = 240
     visibility_timeout_s: PositiveInt = 3600
+    # Touched by Beat at every tick (v2g_project.beat); empty: none.
+    beat_heartbeat_file: str = "var/run/beat.alive"
 
     @model_validator(mode="after")
     def _limits(self) -> CeleryConfig:

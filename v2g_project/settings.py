@@ -250,7 +250,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": V2G.celery.visibility_timeout_s}
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler, touching celery.beat_heartbeat_file at each tick.
+CELERY_BEAT_SCHEDULER = "v2g_project.beat:Scheduler"
 
 # --- API: throttle counters, CORS ---------------------------------------------------
 
