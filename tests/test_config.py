@@ -760,6 +760,15 @@ def test_a_secret_set_both_directly_and_from_a_file_is_refused(tmp_path):
     assert "from-the-file" not in message and "from-the-env" not in message
 
 
+@pytest.mark.parametrize("plain", ["K_SENTRY__DSN", "k_sentry__dsn"])  # sorted before or after
+def test_an_empty_variable_beside_a_secret_file_is_no_conflict(tmp_path, plain):
+    dsn_file = write(tmp_path, "https://key@sentry.example/7\n", "dsn")
+
+    config = load(tmp_path, env={plain: "", "K_SENTRY__DSN_FILE": str(dsn_file)})
+
+    assert config.sentry.dsn.get_secret_value() == "https://key@sentry.example/7"
+
+
 @pytest.mark.parametrize(
     ("env_key", "read_from_file"), [("K_WEB__SECRET_KEY", False), ("K_WEB__SECRET_KEY_FILE", True)]
 )

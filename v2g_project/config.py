@@ -631,9 +631,12 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tupl
             continue
         path, annotation = resolved
         dotted = ".".join(path)
+        # An empty variable beside a _FILE one is no conflict: the file wins (a
+        # compose file may pass K_SENTRY__DSN="" to every container by default).
+        earlier = origins.get(tuple(path))
         if from_file:
-            if tuple(path) in origins:
-                problems.append(f"{var}: {dotted} is also set by {origins[tuple(path)]}; use one of them")
+            if earlier is not None and environ[earlier] != "":
+                problems.append(f"{var}: {dotted} is also set by {earlier}; use one of them")
                 continue
             try:
                 value: Any = _secret_from_file(var, environ[var], dotted)
@@ -641,8 +644,10 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tupl
                 problems.append(str(exc))
                 continue
         else:
-            if tuple(path) in origins:  # the same key in another case, or its _FILE sorted first
-                problems.append(f"{var}: {dotted} is also set by {origins[tuple(path)]}; use one of them")
+            if earlier is not None:  # the same key in another case, or its _FILE sorted first
+                if environ[var] == "" and earlier.upper().endswith(FILE_SUFFIX):
+                    continue
+                problems.append(f"{var}: {dotted} is also set by {earlier}; use one of them")
                 continue
             value = _env_value(environ[var], annotation)
         node = tree
