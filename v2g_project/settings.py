@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from v2g_project.config import ConfigError, load_config
+from v2g_project.config import DEV_SECRET_KEY, ConfigError, load_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -32,10 +32,34 @@ PROMETHEUS_MULTIPROC_DIR = BASE_DIR / V2G.metrics.multiproc_dir  # an absolute p
 PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 
-DEV_SECRET_KEY = "django-insecure-v2g-development-only-never-in-production"
+# Empty secret_key: the development key, which the configuration refuses when
+# debug is off (as it refuses keys Django's `check --deploy` calls insecure).
 SECRET_KEY = V2G.web.secret_key.get_secret_value() or DEV_SECRET_KEY
 DEBUG = V2G.web.debug
 ALLOWED_HOSTS = list(V2G.web.allowed_hosts)
+CSRF_TRUSTED_ORIGINS = list(V2G.web.csrf_trusted_origins)
+
+# --- security: web.* keys; `manage.py check --deploy` passes with debug off ----
+
+# The admin, the browsable API and the Swagger UI take the CSRF token from the
+# page, never from the cookie: no script needs to read either cookie.
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if V2G.web.behind_proxy:
+    # Only behind a proxy that sets this header itself and drops any a client sent.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if not DEBUG:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = V2G.web.ssl_redirect
+    # Probes and the Prometheus scrape call the web process directly, over HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = V2G.web.hsts_seconds
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = V2G.web.hsts_include_subdomains
+    SECURE_HSTS_PRELOAD = V2G.web.hsts_preload
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -226,7 +250,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": V2G.celery.visibility_timeout_s}
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler, touching celery.beat_heartbeat_file at each tick.
+CELERY_BEAT_SCHEDULER = "v2g_project.beat:Scheduler"
 
 # --- API: throttle counters, CORS ---------------------------------------------------
 

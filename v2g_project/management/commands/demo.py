@@ -349,7 +349,7 @@ class Command(BaseCommand):
             f"  admin    {url}/admin/   (login {DEMO_USER} / {DEMO_PASSWORD})\n"
             f"  API      {url}/api/   (curl -H 'Authorization: Bearer {self.api_token}' {url}/api/fleets/)\n"
             f"  metrics  {url}/metrics\n"
-            f"  health   {url}/healthz\n"
+            f"  health   {url}/readyz   (readiness; {url}/healthz: liveness)\n"
             f"  logs     {self.log_dir}/\n"
             "  Ctrl-C stops everything.\n"
         )
