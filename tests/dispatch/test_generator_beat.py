@@ -71,6 +71,12 @@ def test_ticks_plan_each_signal_once_and_the_worker_submits_them(celery_worker, 
     for signal, item in zip(signals, expected, strict=True):
         assert signal.start_at == item.at
         assert signal.created_at >= item.at - timedelta(seconds=1)
+    # The worker counts a signal just after committing it: wait for the last count.
+    wait_for(
+        lambda: metric_value(client, "rte_generator_signals_total") - before >= len(expected),
+        10,
+        "the worker to count the submitted signals",
+    )
     assert metric_value(client, "rte_generator_signals_total") - before == len(expected)
 
     # A redelivered emit finds its signal and counts nothing.
