@@ -181,9 +181,9 @@ def test_promtool_accepts_the_live_metrics_after_real_traffic(
     celery_worker,
     task_worker,
     mqtt_bridge,
-    make_fleet,
-    vehicles,
-    tmp_path,  # noqa: F811
+    make_fleet,  # noqa: F811 - the fixture imported above
+    vehicles,  # noqa: F811
+    tmp_path,
 ):
     """A real dispatch (worker, bridge, vehicles answering), the real signal
     generator process, Celery tasks, KPIs: then the whole /metrics text goes

@@ -21,8 +21,12 @@ things here make that safe beyond one machine's process table:
   holders, so ``manage.py metrics_reset`` refuses to wipe files under
   running processes: a process whose file is deleted keeps writing to the
   unlinked file and its metrics vanish from /metrics until it restarts.
-- **Dead processes' live gauges are dropped** (:func:`process_dead`):
-  Celery children on ``worker_process_shutdown``, the bridge on exit.
+- **Dead processes' live gauges are dropped**: a Celery child on
+  ``worker_process_shutdown`` (:func:`process_dead`); any process that died
+  without a word (OOM killer, hard time limit, crash) at the next scrape, its
+  lock being free (:func:`dead_live_gauges_drop`).
+- **Short processes leave no idle files**: at exit, a process removes its
+  files that hold only zeros (every ``manage.py`` run declares the metrics).
 
 No Django import: settings calls :func:`enable` while it is being loaded.
 """
