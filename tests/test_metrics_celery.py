@@ -239,3 +239,49 @@ def test_promtool_accepts_the_live_metrics_after_real_traffic(
     assert result.returncode in (0, 3), result.stdout + result.stderr
     findings = {line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()}
     assert findings <= SPEC_LINT_EXCEPTIONS, f"promtool: {findings - SPEC_LINT_EXCEPTIONS}"
+
+
+def test_metrics_of_beat_reach_the_web_scrape(client, task_worker, tmp_path):
+    """Beat sends a scheduled task: counted in Beat's own file, visible on /metrics."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name=f"metrics-beat-{secrets.token_hex(3)}",
+        task="tests.metrics.ok",
+        interval=every_second,
+        args="[7]",
+        queue=task_worker["queue"],
+    )
+    sent_before = metric_value(client, "celery_tasks_sent_total", task="tests.metrics.ok")
+    received_before = metric_value(client, "celery_tasks_received_total", task="tests.metrics.ok")
+    log_path = tmp_path / "beat.log"
+    env = subprocess_env(
+        DATABASE_URL=database_url(settings.DATABASES["default"]), CELERY_BROKER_URL=settings.CELERY_BROKER_URL
+    )
+    with open(log_path, "ab") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "v2g_project", "beat", "--loglevel", "INFO",
+             "--max-interval", "1"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(
+            lambda: metric_value(client, "celery_tasks_sent_total", task="tests.metrics.ok") > sent_before,
+            30,
+            f"Beat to send the task:\n{log_path.read_text()[-2000:] if log_path.exists() else ''}",
+        )
+        beat_file = (
+            Path(settings.PROMETHEUS_MULTIPROC_DIR) / f"counter_{multiproc.process_identifier(beat.pid)}.db"
+        )
+        assert beat_file.exists()
+        # ...and the worker received what Beat sent.
+        wait_for(
+            lambda: (
+                metric_value(client, "celery_tasks_received_total", task="tests.metrics.ok") > received_before
+            ),
+            15,
+            "the worker to receive it",
+        )
+    finally:
+        stop_process(beat)
