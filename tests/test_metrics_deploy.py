@@ -197,3 +197,18 @@ def test_promtool_check_config_and_rules():
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert f"SUCCESS: {len(alert_exprs())} rules found" in rules.stdout
+
+
+def test_every_alert_fires_in_its_promtool_unit_test():
+    """deploy/prometheus/alerts_test.yml feeds series to each alert rule and
+    says when it must (and must not) fire; promtool evaluates them."""
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    firing = {
+        check["alertname"] for case in tests for check in case["alert_rule_test"] if check["exp_alerts"]
+    }
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    assert firing == {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(PROMETHEUS / "alerts_test.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
