@@ -103,6 +103,21 @@ def test_metrics_reset_force_wipes_under_a_running_process(tmp_path, settings):
         probe.wait(10)
 
 
+def test_the_demo_wipe_leaves_a_directory_other_processes_write_to(tmp_path):
+    from v2g_project.metrics import multiproc_dir_wipe
+
+    path = tmp_path / "prom"
+    probe = start_probe(path, "v2g_test_probe")
+    try:
+        assert multiproc_dir_wipe(path) is False  # e.g. a test session's worker and bridge
+        assert list(path.glob("counter_*.db"))
+    finally:
+        probe.stdin.close()
+        probe.wait(10)
+    assert multiproc_dir_wipe(path) is True
+    assert list(path.iterdir()) == []
+
+
 def test_a_short_process_leaves_no_idle_files(tmp_path):
     path = tmp_path / "prom"
     env = subprocess_env(K_METRICS__MULTIPROC_DIR=str(path))

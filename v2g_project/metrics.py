@@ -58,19 +58,22 @@ def metrics_view(_request: HttpRequest) -> HttpResponse:
     return HttpResponse(generate_latest(registry_build()), content_type=CONTENT_TYPE_LATEST)
 
 
-def multiproc_dir_wipe(path: Path) -> None:
-    """Start from zero: call before any platform process starts, never while they
-    run (the demo does; production runs ``manage.py metrics_reset``)."""
+def multiproc_dir_wipe(path: Path) -> bool:
+    """Start from zero, before starting the platform's processes (the demo does;
+    production runs ``manage.py metrics_reset``). Left as it is, with a warning,
+    while other processes still write there (another demo, a test session):
+    deleting their files would make their metrics vanish. True if wiped."""
     live = multiproc.live_processes(path)
     if live:
         log.warning(
-            "wiping %s while %d other process(es) still write metrics there (%s): "
-            "their metrics disappear from /metrics until they restart",
+            "metrics directory %s not wiped: %d other process(es) still write there (%s)",
             path,
             len(live),
             ", ".join(live[:5]),
         )
+        return False
     multiproc.wipe(path)
+    return True
 
 
 def process_exited(pid: int) -> None:
