@@ -11,8 +11,8 @@ things here make that safe beyond one machine's process table:
   namespace (gunicorn, the Celery parent, Beat and the bridge are all pid 1,
   their children 7, 8...), and they share the directory (a volume): two
   processes would map the same file and overwrite each other's samples. The
-  process identifier here is ``<hostname>-<pid>`` (a container's hostname is
-  its id), so names never collide. It contains no ``_``: the collector splits
+  process identifier here is ``<hostname>-<pid namespace inode>-<pid>`` (a
+  container's hostname is its id), so names never collide. It contains no ``_``: the collector splits
   file names on it.
 - **A liveness lock per process.** Each process holds an exclusive
   ``flock`` on ``<identifier>.lock`` in the directory for its whole life (the
@@ -41,12 +41,23 @@ import shutil
 import socket
 from pathlib import Path
 
-_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+def _pid_namespace() -> str:
+    # Pids are unique within a pid namespace: its inode makes the identifier
+    # unique even for containers that share a hostname (network_mode: host,
+    # the same hostname: on replicas).
+    try:
+        return "-" + re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return ""
+
+
+_HOST = (re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host") + _pid_namespace()
 _state: dict[str, object] = {}
 
 
 def process_identifier(pid: int | None = None) -> str:
-    """The name of a process's metric files: ``<hostname>-<pid>``."""
+    """The name of a process's metric files: ``<hostname>-<pid namespace>-<pid>``."""
     return f"{_HOST}-{os.getpid() if pid is None else pid}"
 
 

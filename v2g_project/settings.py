@@ -28,7 +28,7 @@ except ConfigError as exc:
 
 # Prometheus multiprocess mode: every process (web, each Celery child, Beat,
 # bridge) writes its metrics under one directory that /metrics aggregates;
-# files named <hostname>-<pid> (unique across containers), see
+# files named <hostname>-<pid namespace>-<pid> (unique across containers), see
 # v2g_project/multiproc.py and docs/metrics.md. Before any metric is created.
 PROMETHEUS_MULTIPROC_DIR = BASE_DIR / V2G.metrics.multiproc_dir  # an absolute path stays as it is
 multiproc.enable(PROMETHEUS_MULTIPROC_DIR)
