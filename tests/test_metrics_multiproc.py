@@ -131,14 +131,18 @@ def test_a_short_process_leaves_no_idle_files(tmp_path):
 
 
 @pytest.mark.django_db  # the KPI gauges of /metrics read the database
-def test_a_killed_process_loses_its_live_gauges_not_its_counters(client):
+@pytest.mark.parametrize("end", ["killed", "exits"])
+def test_a_dead_process_loses_its_live_gauges_not_its_counters(client, end):
     name = f"v2g_test_{secrets.token_hex(4)}"
     probe = start_probe(None, name)  # the directory of this test run, read by client's /metrics
     try:
         assert metric_value(client, f"{name}_live") == 5
         assert metric_value(client, f"{name}_events_total") == 3
     finally:
-        probe.send_signal(signal.SIGKILL)  # no shutdown hook runs
+        if end == "killed":
+            probe.send_signal(signal.SIGKILL)  # no exit hook runs: the scrape sees its free lock
+        else:
+            probe.stdin.close()  # a normal exit
         probe.wait(10)
     text = client.get("/metrics").content.decode()
     assert f"{name}_live" not in text

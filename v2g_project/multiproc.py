@@ -12,8 +12,8 @@ things here make that safe beyond one machine's process table:
   their children 7, 8...), and they share the directory (a volume): two
   processes would map the same file and overwrite each other's samples. The
   process identifier here is ``<hostname>-<pid namespace inode>-<pid>`` (a
-  container's hostname is its id), so names never collide. It contains no ``_``: the collector splits
-  file names on it.
+  container's hostname is its id), so names never collide. It contains no
+  ``_``: the collector splits file names on it.
 - **A liveness lock per process.** Each process holds an exclusive
   ``flock`` on ``<identifier>.lock`` in the directory for its whole life (the
   kernel releases it when the process dies, however it dies; flock works
@@ -21,8 +21,9 @@ things here make that safe beyond one machine's process table:
   holders, so ``manage.py metrics_reset`` refuses to wipe files under
   running processes: a process whose file is deleted keeps writing to the
   unlinked file and its metrics vanish from /metrics until it restarts.
-- **Dead processes' live gauges are dropped**: a Celery child on
-  ``worker_process_shutdown`` (:func:`process_dead`); any process that died
+- **Dead processes' live gauges are dropped**: by any process exiting
+  normally, a Celery child on ``worker_process_shutdown`` (which the pool
+  sends from the child itself, :func:`process_dead`); any process that died
   without a word (OOM killer, hard time limit, crash) at the next scrape, its
   lock being free (:func:`dead_live_gauges_drop`).
 - **Short processes leave no idle files**: at exit, a process removes its
@@ -39,6 +40,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 
 
@@ -86,24 +88,36 @@ def _lock_take(path: Path) -> None:
     lock_path = path / f"{process_identifier()}.lock"
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return  # best effort: a read-only or odd filesystem must not stop a process
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            # A scrape may hold it for an instant (a dead process had our pid).
+            if attempt == 4:
+                os.close(fd)
+                return
+            time.sleep(0.01)
     _state["lock_fd"], _state["lock_path"] = fd, lock_path
 
 
-def _idle_files_drop_at_exit() -> None:
-    """Short-lived processes (a ``manage.py`` command, a health check) create
+def _files_tidy_at_exit() -> None:
+    """At a normal exit: our live gauges go (they describe a running process).
+    Short-lived processes (a ``manage.py`` command, a health check) create
     metric files at 0 when the apps declare their metrics: remove ours if they
     hold nothing but zeros, so they do not pile up and slow every scrape. A
     file with any sample set stays (counters must outlive their process).
     The lock file goes too (a dead process's lock is free anyway)."""
+    from prometheus_client import multiprocess
     from prometheus_client.mmap_dict import MmapedDict
 
     path = _state.get("path")
     own = process_identifier()
     if not isinstance(path, Path) or _state.get("lock_path") != path / f"{own}.lock":
         return  # not the process that enabled (or took the lock), e.g. a forked child
+    multiprocess.mark_process_dead(own, path=str(path))
     for db in path.glob(f"*_{own}.db"):
         try:
             samples = MmapedDict.read_all_values_from_file(str(db))
@@ -126,7 +140,7 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_idle_files_drop_at_exit)
+atexit.register(_files_tidy_at_exit)
 
 
 def live_processes(path: Path) -> list[str]:
