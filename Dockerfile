@@ -25,7 +25,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 # Code stays root-owned (read-only for the app); only var/ is writable.
 COPY . .
 # Static files for the admin, served by WhiteNoise (debug is off in the image).
-RUN K_WEB__DEBUG=false K_WEB__SECRET_KEY=collectstatic-only-not-a-runtime-secret-0000 \
+RUN K_WEB__DEBUG=false K_WEB__SECRET_KEY=collectstatic-only-not-a-runtime-secret-0123456789abcdef \
         python manage.py collectstatic --noinput --verbosity 0 \
  && mkdir -p /app/var && chown -R v2g:v2g /app/var
 

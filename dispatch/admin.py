@@ -1,6 +1,14 @@
 from django.contrib import admin
 
-from dispatch.models import Command, Dispatch, DispatchLogEntry, FlexibilitySignal
+from dispatch.models import (
+    Command,
+    Dispatch,
+    DispatchLogEntry,
+    FlexibilitySignal,
+    GeneratorState,
+    RteActivation,
+    RteConnectorState,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -69,3 +77,24 @@ class DispatchLogAdmin(ReadOnlyAdmin):
     list_filter = ("signal_type", "status", "fallback_round")
     search_fields = ("vehicle_id", "dispatch_id")
     date_hierarchy = "at"
+
+
+@admin.register(RteActivation)
+class RteActivationAdmin(ReadOnlyAdmin):
+    """Every activation received from RTE, what became of it and why."""
+
+    list_display = ("received_at", "activation_id", "status", "signal", "reason")
+    list_filter = ("status",)
+    search_fields = ("activation_id",)
+    date_hierarchy = "received_at"
+    readonly_fields = ("activation_id", "payload", "status", "reason", "signal", "received_at", "handled_at")
+
+
+@admin.register(RteConnectorState)
+class RteConnectorStateAdmin(ReadOnlyAdmin):
+    list_display = ("api_url", "polled_until", "last_success_at", "consecutive_failures", "last_error")
+
+
+@admin.register(GeneratorState)
+class GeneratorStateAdmin(ReadOnlyAdmin):
+    list_display = ("key", "started_at", "planned", "planned_until")

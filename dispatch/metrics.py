@@ -49,3 +49,21 @@ GENERATOR_INTERVAL = Histogram(
     "Scenario time between two consecutive synthetic signals.",
     buckets=(1.0, 4.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1800.0, 3600.0),
 )
+
+# --- RTE connector (issue 10) -------------------------------------------------
+RTE_POLLS = Counter(
+    "rte_connector_polls_total",
+    "Polls of RTE's activation API by outcome: ok, unavailable, auth_error, protocol_error, error.",
+    ["outcome"],
+)
+RTE_ACTIVATIONS = Counter(
+    "rte_connector_activations_total",
+    "RTE activations handled, by status: submitted, expired, rejected, duplicate (already received).",
+    ["status"],
+)
+RTE_LAST_SUCCESS = Gauge(
+    "rte_connector_last_success_timestamp_seconds",
+    "Unix time of the connector's latest successful poll.",
+    multiprocess_mode="max",
+)
+RTE_TOKEN_FETCHES = Counter("rte_connector_token_fetches_total", "OAuth2 access tokens fetched from RTE.")

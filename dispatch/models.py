@@ -209,3 +209,73 @@ class DispatchLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.vehicle_id} {self.status}"
+
+
+# --- RTE connector (issue 10) ----------------------------------------------------
+
+
+class RteActivationStatus(models.TextChoices):
+    PENDING = "pending"  # stored, not submitted yet (a crash here is resumed at the next poll)
+    SUBMITTED = "submitted"  # a signal exists for it
+    EXPIRED = "expired"  # already over when the connector could submit it
+    REJECTED = "rejected"  # not a valid activation, or refused by signal_submit (reason says why)
+
+
+class RteActivation(models.Model):
+    """Every activation the connector received from RTE, once (unique RTE id).
+
+    Stored before the poll cursor moves on and before the signal is submitted,
+    so a crash or a restart never loses one: a pending row is submitted at the
+    next poll, and ``signal_submit`` de-duplicates on the same id.
+    """
+
+    activation_id = models.CharField(max_length=128, unique=True)
+    payload = models.JSONField(help_text="The item exactly as RTE's API sent it.")
+    status = models.CharField(
+        max_length=16, choices=RteActivationStatus.choices, default=RteActivationStatus.PENDING, db_index=True
+    )
+    reason = models.TextField(blank=True, help_text="Why it was rejected or expired.")
+    signal = models.OneToOneField(
+        FlexibilitySignal, on_delete=models.SET_NULL, null=True, blank=True, related_name="rte_activation"
+    )
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    handled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.activation_id} ({self.status})"
+
+
+class RteConnectorState(models.Model):
+    """The connector's progress (one row per API URL): where the next poll starts."""
+
+    api_url = models.CharField(max_length=500, unique=True)
+    polled_until = models.DateTimeField(
+        null=True, blank=True, help_text="End of the last successful poll's publication window."
+    )
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"RTE connector {self.api_url}"
+
+
+class GeneratorState(models.Model):
+    """Progress of the Beat-driven signal generator (``rteGenerator.runner: beat``).
+
+    One row per scenario run (scenario, seed, fleet): the sequence restarts
+    from ``started_at`` deterministically, so ``planned`` is all that is needed
+    to pick up exactly where the previous tick stopped.
+    """
+
+    key = models.CharField(max_length=200, unique=True, help_text="scenario:seed:fleet")
+    started_at = models.DateTimeField(help_text="Time origin of the scenario's sequence.")
+    planned = models.PositiveIntegerField(default=0, help_text="Signals of the sequence handled so far.")
+    planned_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"generator {self.key} from {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -54,6 +54,7 @@ from telemetry import services as telemetry_services
 from v2g_project import mqtt
 from v2g_project.bridge import Message
 from v2g_project.config import DispatchConfig
+from v2g_project.logcontext import log_bind, log_context
 from v2g_project.payloads import PayloadError, vehicle_from_topic
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,14 @@ class SignalRejected(ValueError):
 # --- submission ----------------------------------------------------------------
 
 
-def signal_submit(
+def signal_submit(**kwargs) -> tuple[FlexibilitySignal, Dispatch]:
+    """Store a signal and its first dispatch round; allocation runs after commit.
+    The keyword arguments are :func:`signal_submit_once`'s."""
+    signal, dispatch, _created = signal_submit_once(**kwargs)
+    return signal, dispatch
+
+
+def signal_submit_once(
     *,
     signal_type: str,
     power_kw: float,
@@ -87,8 +95,10 @@ def signal_submit(
     fleet_id: str | None = None,
     external_id: str = "",
     setpoints_kw: Mapping[str, float] | None = None,
-) -> tuple[FlexibilitySignal, Dispatch]:
-    """Store a signal and its first dispatch round; allocation runs after commit.
+) -> tuple[FlexibilitySignal, Dispatch, bool]:
+    """Store a signal and its first dispatch round, as :func:`signal_submit`, and say
+    whether this call created the signal
+    (False: an earlier submission with the same ``source`` and ``external_id``).
 
     With ``external_id``, submitting the same signal twice returns the first.
     With ``setpoints_kw`` (vehicle id -> signed kW, e.g. a day-ahead plan's
@@ -127,7 +137,7 @@ def signal_submit(
     if external_id:
         existing = _existing_submission(source, external_id)
         if existing:
-            return existing
+            return (*existing, False)
     try:
         with transaction.atomic():
             signal = FlexibilitySignal.objects.create(
@@ -147,9 +157,12 @@ def signal_submit(
         existing = _existing_submission(source, external_id) if external_id else None
         if existing is None:
             raise
-        return existing
-    log.info("signal %s accepted: %s, dispatch %s", signal.id, signal, dispatch.id)
-    return signal, dispatch
+        return (*existing, False)
+    log.info(
+        "signal %s accepted: %s, dispatch %s", signal.id, signal, dispatch.id,
+        extra={"dispatch_id": str(dispatch.id), "signal_type": signal_type},
+    )  # fmt: skip
+    return signal, dispatch, True
 
 
 def _planned_setpoints(setpoints_kw: Mapping[str, float] | None, power_kw: float) -> dict[str, float] | None:
@@ -378,6 +391,7 @@ def dispatch_allocate(dispatch_id: str | uuid.UUID) -> str:
         if dispatch is None:
             return "skipped"  # already allocated (a duplicate task run) or gone
         signal = dispatch.signal
+        log_bind(signal_type=signal.signal_type)
         now = timezone.now()
         end = _signal_end(signal)
         planned = signal.setpoints_kw if dispatch.round == 0 else None
@@ -555,6 +569,13 @@ def commands_publish(
             open_.update(status=CommandStatus.PUBLISHED, published_at=now, attempts=F("attempts") + 1)
     if not live:
         return PublishOutcome(0, [], 0, expired)
+    rounds = list(
+        Dispatch.objects.filter(id__in={row[3] for row in live}).values_list(
+            "id", "signal__signal_type", "signal__start_at", "signal__duration_s", "signal__valid_until"
+        )
+    )
+    if len(rounds) == 1:  # retries name commands, not their dispatch
+        log_bind(dispatch_id=rounds[0][0], signal_type=rounds[0][1])
     encoders = {
         dispatch: codec.CommandEncoder(
             dispatch_id=dispatch,
@@ -564,11 +585,7 @@ def commands_publish(
             valid_until=valid_until,
             issued_at=now,
         )
-        for dispatch, signal_type, start_at, duration_s, valid_until in Dispatch.objects.filter(
-            id__in={row[3] for row in live}
-        ).values_list(
-            "id", "signal__signal_type", "signal__start_at", "signal__duration_s", "signal__valid_until"
-        )
+        for dispatch, signal_type, start_at, duration_s, valid_until in rounds
     }
     sent: list[tuple[tuple, object]] = []
     error = ""
@@ -735,7 +752,10 @@ def _acks_explain_rest(
     if not rest:
         return
     found = {
-        row[0]: row for row in Command.objects.filter(id__in=rest).values_list("id", "vehicle_id", "status")
+        row[0]: row
+        for row in Command.objects.filter(id__in=rest).values_list(
+            "id", "vehicle_id", "status", "dispatch_id"
+        )
     }
     late: list[uuid.UUID] = []
     for command_id in rest:
@@ -743,7 +763,10 @@ def _acks_explain_rest(
         row = found.get(command_id)
         if row is None:
             counts["unknown"] += 1
-            log.warning("ack for unknown command %s from %s ignored", command_id, ack.vehicle_id)
+            log.warning(
+                "ack for unknown command %s from %s ignored", command_id, ack.vehicle_id,
+                extra={"vehicle_id": ack.vehicle_id},
+            )  # fmt: skip
         elif row[1] != ack.vehicle_id:
             counts["mismatch"] += 1
             log.warning(
@@ -751,6 +774,7 @@ def _acks_explain_rest(
                 command_id,
                 ack.vehicle_id,
                 row[1],
+                extra={"vehicle_id": ack.vehicle_id, "dispatch_id": str(row[3])},
             )
         elif row[2] in (CommandStatus.TIMED_OUT, CommandStatus.FAILED):
             counts["late"] += 1
@@ -760,6 +784,7 @@ def _acks_explain_rest(
                 command_id,
                 ack.vehicle_id,
                 row[2],
+                extra={"vehicle_id": ack.vehicle_id, "dispatch_id": str(row[3])},
             )
         else:
             counts["duplicate"] += 1
@@ -806,6 +831,7 @@ def dispatch_finalize(dispatch_id: uuid.UUID) -> str:
             return "skipped"
         now = timezone.now()
         signal = dispatch.signal
+        log_bind(signal_type=signal.signal_type)
         commands = dispatch.commands
         commands.filter(status=CommandStatus.PUBLISHED).update(
             status=CommandStatus.TIMED_OUT, reason=f"no ack within {cfg.dispatch.ack_timeout_seconds:g} s"
@@ -922,8 +948,9 @@ def dispatch_sweep(now: datetime | None = None, *, grace_s: float = 10.0) -> dic
         counts["allocations"] += 1
     overdue = Dispatch.objects.filter(status=DispatchStatus.COLLECTING, deadline_at__lt=stale)
     for dispatch_id in overdue.values_list("id", flat=True):
-        if dispatch_finalize(dispatch_id) != "skipped":
-            counts["finalised"] += 1
+        with log_context(dispatch_id=dispatch_id):
+            if dispatch_finalize(dispatch_id) != "skipped":
+                counts["finalised"] += 1
     unsent = list(
         Command.objects.filter(
             status=CommandStatus.PENDING,

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from dispatch import services
+from v2g_project.logcontext import log_context
 
 # A database blip (connection dropped, lock timeout) is retried with backoff;
 # every service below is idempotent, so a retry or a redelivery is harmless.
@@ -20,7 +21,8 @@ DB_RETRY = {
 
 @shared_task(name="dispatch.allocate", acks_late=True, reject_on_worker_lost=True, max_retries=8, **DB_RETRY)
 def dispatch_allocate_task(dispatch_id: str) -> str:
-    return services.dispatch_allocate(dispatch_id)
+    with log_context(dispatch_id=dispatch_id):
+        return services.dispatch_allocate(dispatch_id)
 
 
 @shared_task(
@@ -37,9 +39,10 @@ def commands_publish_task(
     retried on their own (a new task with just them) with exponential backoff
     and jitter, up to mqtt.max_retries, on the queue this batch came from."""
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    outcome = services.commands_publish(
-        command_ids, attempt, dispatch_id=dispatch_id, batch=batch, redelivered=redelivered
-    )
+    with log_context(dispatch_id=dispatch_id):
+        outcome = services.commands_publish(
+            command_ids, attempt, dispatch_id=dispatch_id, batch=batch, redelivered=redelivered
+        )
     if outcome.retrying:
         delay = services.publish_retry_delay_s(attempt, settings.V2G.mqtt.backoff_ms)
         queue = (self.request.delivery_info or {}).get("routing_key")
@@ -63,7 +66,8 @@ def commands_publish_task(
 )
 def dispatch_collect_task(self, dispatch_id: str) -> str:
     """Wait for the round's acks (by retrying itself), then finalise it."""
-    wait_s = services.dispatch_collect(dispatch_id)
+    with log_context(dispatch_id=dispatch_id):
+        wait_s = services.dispatch_collect(dispatch_id)
     if wait_s is not None:
         raise self.retry(countdown=wait_s)
     return "finalised"
@@ -72,3 +76,22 @@ def dispatch_collect_task(self, dispatch_id: str) -> str:
 @shared_task(name="dispatch.sweep", acks_late=True, expires=60, max_retries=3, **DB_RETRY)
 def dispatch_sweep_task() -> dict:
     return services.dispatch_sweep()
+
+
+# --- synthetic signals, Beat-driven (rteGenerator.runner: beat) ----------------------
+
+
+@shared_task(name="dispatch.generator_tick", max_retries=3, **DB_RETRY)
+def generator_tick_task() -> dict:
+    from dispatch.generator_runner import generator_tick
+
+    return generator_tick()
+
+
+@shared_task(
+    name="dispatch.generator_emit", acks_late=True, reject_on_worker_lost=True, max_retries=5, **DB_RETRY
+)
+def generator_emit_task(**kwargs) -> str:
+    from dispatch.generator_runner import generator_emit
+
+    return generator_emit(**kwargs)

@@ -83,7 +83,10 @@ def states_record(messages: Sequence[Message], topic_filter: str, *, source: str
     known = _known_vehicles(list(latest))
     for vehicle_id in latest.keys() - known:
         STATES.labels("unknown_vehicle").inc()
-        log.warning("state from unknown vehicle %r ignored (register it in the fleet first)", vehicle_id)
+        log.warning(
+            "state from unknown vehicle %r ignored (register it in the fleet first)", vehicle_id,
+            extra={"vehicle_id": vehicle_id},
+        )  # fmt: skip
     polls = _polls_known(decoded) if source == StateSource.PULL else {}
     history: dict[tuple[str, datetime], VehicleStateHistory] = {}
     for state, message in decoded:

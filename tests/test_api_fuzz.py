@@ -184,7 +184,8 @@ def api_server(transactional_db, tmp_path) -> Iterator[str]:
         CELERY_BROKER_URL="filesystem://",
         K_CELERY__FILESYSTEM_DIR=str(tmp_path / "celery"),
         K_WEB__DEBUG="false",
-        K_WEB__SECRET_KEY="fuzz-test-only-not-a-secret-0123456789",
+        K_WEB__SECRET_KEY="fuzz-test-only-not-a-secret-0123456789-abcdefghijklmnop",
+        K_WEB__SSL_REDIRECT="false",  # plain HTTP on loopback, no TLS proxy in front
         K_API__THROTTLE_RATE="1000000/s",
     )
     command = [sys.executable, "-m", "gunicorn", "v2g_project.wsgi:application"]

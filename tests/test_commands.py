@@ -92,7 +92,7 @@ def test_sqlite_is_the_embedded_default(tmp_path):
 def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
     """No Redis and no MQTT broker reachable: the demo runs on the filesystem
     transport and an embedded broker; a real worker answers, simulated vehicles
-    acknowledge a demo signal, the web server serves /healthz; everything stops."""
+    acknowledge a demo signal, the web server serves /readyz; everything stops."""
     port = free_port()
     env = subprocess_env(
         DATABASE_URL="",
@@ -120,14 +120,14 @@ def test_demo_runs_the_system_on_embedded_defaults_and_stops_cleanly(tmp_path):
         assert re.search(r"ok\s+worker\s+\S+ pid \d+ answered", output), output
         assert "login admin / v2g-demo" in output
 
-        def healthz():
+        def readyz():
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
                     return json.load(response)
             except OSError:
                 return None
 
-        body = wait_for(healthz, 30, "the demo web server")
+        body = wait_for(readyz, 30, "the demo web server")
         assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
         # The API token it prints opens the API.
         token = re.search(r"Authorization: Bearer (v2g_\S+)'", output).group(1)

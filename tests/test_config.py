@@ -296,7 +296,7 @@ def test_unrelated_environment_variables_are_ignored(tmp_path):
 
 
 def test_production_web_with_a_long_secret_key(tmp_path):
-    key = "x" * 40
+    key = "pr0duction-Key-" * 4
     web = load(tmp_path, env={"K_WEB__DEBUG": "false", "K_WEB__SECRET_KEY": key}).web
 
     assert (web.debug, web.secret_key.get_secret_value()) == (False, key)
@@ -620,3 +620,232 @@ def test_a_short_static_token_names_the_key_and_is_not_echoed(tmp_path):
     assert "K_API__STATIC_TOKEN" in message
     assert "at least 16 characters" in message
     assert "short-s3cret" not in message
+
+
+# --- secrets from files (K_<SECTION>__<KEY>_FILE) and production validation ---------
+
+PRODUCTION_KEY = "Pr0duction-only-" + "k3y-" * 10  # >= 50 characters, varied
+
+
+def secret_paths(model: Any = Config, prefix: tuple = ()) -> list[tuple]:
+    """Every SecretStr key of the schema, as a key path."""
+    from v2g_project.config import _is_model, _unwrap
+
+    paths = []
+    for name, info in model.model_fields.items():
+        annotation = _unwrap(info.annotation)
+        if annotation is SecretStr:
+            paths.append((*prefix, name))
+        elif _is_model(annotation):
+            paths.extend(secret_paths(annotation, (*prefix, name)))
+    return paths
+
+
+def test_the_schema_has_the_expected_secrets():
+    assert set(secret_paths()) >= {
+        ("mqtt", "password"),
+        ("rte", "client_secret"),
+        ("sentry", "dsn"),
+        ("database", "url"),
+        ("celery", "broker_url"),
+        ("web", "secret_key"),
+        ("api", "static_token"),
+    }
+
+
+def _file_values() -> dict[tuple, str]:
+    return {
+        ("mqtt", "password"): "mqtt pässword with spaces",
+        ("rte", "client_secret"): "rte-client-secret-0123",
+        ("sentry", "dsn"): "https://public@sentry.example/42",
+        ("database", "url"): "postgres://v2g:db-pw@db.example:5432/v2g",
+        ("celery", "broker_url"): "redis://:redis-pw@redis.example:6379/0",
+        ("celery", "result_backend"): "redis://:redis-pw@redis.example:6379/1",
+        ("web", "secret_key"): PRODUCTION_KEY,
+        ("api", "static_token"): "static-token-0123456789abcdef",
+    }
+
+
+@pytest.mark.parametrize("path", secret_paths(), ids=".".join)
+def test_every_secret_key_can_be_read_from_a_file(tmp_path, path):
+    value = _file_values()[path]
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(value + "\n", encoding="utf-8")  # echo > file adds a line break
+    var = "K_" + "__".join(part.upper() for part in path) + "_FILE"
+
+    config = load(tmp_path, env={var: str(secret_file)})
+
+    section = getattr(config, path[0])
+    assert getattr(section, path[1]).get_secret_value() == value
+
+
+def test_a_secret_file_keeps_inner_whitespace_and_drops_only_the_final_line_breaks(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"  two words \r\n\n")
+
+    config = load(tmp_path, env={"K_MQTT__PASSWORD_FILE": str(secret_file)})
+
+    assert config.mqtt.password.get_secret_value() == "  two words "
+
+
+def test_production_secret_key_from_a_file(tmp_path):
+    secret_file = tmp_path / "secret_key"
+    secret_file.write_text(PRODUCTION_KEY, encoding="utf-8")
+
+    web = load(tmp_path, env={"K_WEB__DEBUG": "false", "K_WEB__SECRET_KEY_FILE": str(secret_file)}).web
+
+    assert (web.debug, web.secret_key.get_secret_value()) == (False, PRODUCTION_KEY)
+
+
+def test_a_missing_secret_file_names_the_variable_the_key_and_the_file(tmp_path):
+    missing = tmp_path / "run" / "secrets" / "db_url"
+
+    message = error_of(tmp_path, env={"K_DATABASE__URL_FILE": str(missing)})
+
+    assert "K_DATABASE__URL_FILE" in message
+    assert "database.url" in message
+    assert str(missing) in message
+    assert "No such file or directory" in message
+
+
+def test_an_unreadable_secret_file_is_a_config_error(tmp_path):
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+
+    message = error_of(tmp_path, env={"K_SENTRY__DSN_FILE": str(directory)})
+
+    assert "K_SENTRY__DSN_FILE" in message and "sentry.dsn" in message
+    assert "Is a directory" in message
+
+
+def test_a_secret_file_that_is_not_text_is_a_config_error(tmp_path):
+    secret_file = tmp_path / "binary"
+    secret_file.write_bytes(b"\xff\xfe\x00secret")
+
+    message = error_of(tmp_path, env={"K_API__STATIC_TOKEN_FILE": str(secret_file)})
+
+    assert "api.static_token" in message and "not UTF-8" in message
+
+
+def test_an_empty_secret_file_variable_is_a_config_error(tmp_path):
+    message = error_of(tmp_path, env={"K_MQTT__PASSWORD_FILE": ""})
+
+    assert "K_MQTT__PASSWORD_FILE" in message and "mqtt.password" in message
+
+
+def test_only_secret_keys_are_read_from_files(tmp_path):
+    path = write(tmp_path, "push\n", "mode")
+
+    message = error_of(tmp_path, env={"K_TELEMETRY__MODE_FILE": str(path)})
+
+    assert "K_TELEMETRY__MODE_FILE" in message
+    assert "only secret keys" in message and "telemetry.mode" in message
+
+
+def test_a_key_whose_name_ends_in_file_is_still_a_plain_key(tmp_path):
+    config = load(tmp_path, env={"K_RTEGENERATOR__REPLAY_FILE": "signals.csv"})
+
+    assert config.rte_generator.replay_file == "signals.csv"
+
+
+def test_a_secret_set_both_directly_and_from_a_file_is_refused(tmp_path):
+    secret_file = write(tmp_path, "from-the-file", "pw")
+
+    message = error_of(
+        tmp_path, env={"K_MQTT__PASSWORD": "from-the-env", "K_MQTT__PASSWORD_FILE": str(secret_file)}
+    )
+
+    assert "K_MQTT__PASSWORD" in message and "K_MQTT__PASSWORD_FILE" in message
+    assert "use one" in message
+    assert "from-the-file" not in message and "from-the-env" not in message
+
+
+@pytest.mark.parametrize("plain", ["K_SENTRY__DSN", "k_sentry__dsn"])  # sorted before or after
+def test_an_empty_variable_beside_a_secret_file_is_no_conflict(tmp_path, plain):
+    dsn_file = write(tmp_path, "https://key@sentry.example/7\n", "dsn")
+
+    config = load(tmp_path, env={plain: "", "K_SENTRY__DSN_FILE": str(dsn_file)})
+
+    assert config.sentry.dsn.get_secret_value() == "https://key@sentry.example/7"
+
+
+@pytest.mark.parametrize(
+    ("env_key", "read_from_file"), [("K_WEB__SECRET_KEY", False), ("K_WEB__SECRET_KEY_FILE", True)]
+)
+def test_production_refuses_the_development_secret_key(tmp_path, env_key, read_from_file):
+    from v2g_project.config import DEV_SECRET_KEY
+
+    value = DEV_SECRET_KEY
+    if read_from_file:
+        value = str(write(tmp_path, DEV_SECRET_KEY + "\n", "secret_key"))
+
+    message = error_of(tmp_path, env={"K_WEB__DEBUG": "false", env_key: value})
+
+    assert f"web.secret_key (from environment {env_key})" in message
+    assert "development secret key" in message
+    assert DEV_SECRET_KEY not in message
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "django-insecure-" + "a-generated-looking-but-insecure-key-0123456789",
+        "0123456789" * 3,  # too short
+        "ab" * 40,  # long but only two different characters
+    ],
+)
+def test_production_refuses_keys_django_calls_insecure(tmp_path, key):
+    message = error_of(tmp_path, env={"K_WEB__DEBUG": "false", "K_WEB__SECRET_KEY": key})
+
+    assert "web.secret_key (from environment K_WEB__SECRET_KEY)" in message
+    assert key not in message
+
+
+def test_development_keeps_working_without_a_secret_key(tmp_path):
+    assert load(tmp_path, env={"K_WEB__DEBUG": "true"}).web.secret_key.get_secret_value() == ""
+
+
+@pytest.mark.parametrize(
+    ("var", "secret"),
+    [
+        ("K_WEB__SECRET_KEY_FILE", "too-short-s3cret"),
+        ("K_API__STATIC_TOKEN_FILE", "has a s3cret space"),
+        ("K_DATABASE__URL_FILE", "postgres://u:s3cret-pw@db/v2g\n\nextra"),
+    ],
+)
+def test_a_bad_secret_read_from_a_file_is_never_echoed(tmp_path, var, secret):
+    secret_file = write(tmp_path, secret, "secret")
+    env = {var: str(secret_file), "K_WEB__DEBUG": "false"}
+    if var != "K_WEB__SECRET_KEY_FILE":
+        env["K_WEB__SECRET_KEY"] = PRODUCTION_KEY
+    if var == "K_DATABASE__URL_FILE":
+        env["K_DATABASE__CONN_MAX_AGE_S"] = "-1"  # an error elsewhere, so the message is printed
+
+    message = error_of(tmp_path, env=env)
+
+    assert "s3cret" not in message
+    assert PRODUCTION_KEY not in message
+
+
+def test_production_needs_allowed_hosts(tmp_path):
+    message = error_of(
+        tmp_path,
+        env={"K_WEB__DEBUG": "false", "K_WEB__SECRET_KEY": PRODUCTION_KEY, "K_WEB__ALLOWED_HOSTS": "[]"},
+    )
+
+    assert "web" in message and "allowed_hosts" in message
+
+
+@pytest.mark.parametrize("origin", ["v2g.example.com", "https://v2g.example.com/admin", "ftp://x.example"])
+def test_bad_csrf_trusted_origin_names_the_key(tmp_path, origin):
+    message = error_of(tmp_path, env={"K_WEB__CSRF_TRUSTED_ORIGINS": f"[{origin}]"})
+
+    assert "web.csrf_trusted_origins" in message
+
+
+def test_csrf_trusted_origins_accept_a_subdomain_wildcard(tmp_path):
+    origins = ["https://v2g.example.com", "https://*.example.org:8443"]
+
+    config = load(tmp_path, env={"K_WEB__CSRF_TRUSTED_ORIGINS": ",".join(origins)})
+
+    assert config.web.csrf_trusted_origins == origins

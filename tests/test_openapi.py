@@ -165,7 +165,9 @@ def test_collectstatic_serves_the_docs_assets_as_the_image_does(tmp_path):
         [sys.executable, "-c", script],
         cwd=ROOT,
         env=subprocess_env(
-            K_WEB__DEBUG="false", K_WEB__SECRET_KEY="collectstatic-only-not-a-runtime-secret-0000"
+            K_WEB__DEBUG="false",
+            K_WEB__SECRET_KEY="collectstatic-only-not-a-runtime-secret-0123456789abcdef",
+            K_WEB__SSL_REDIRECT="false",  # the test client speaks plain HTTP
         ),
         capture_output=True,
         text=True,

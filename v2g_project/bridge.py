@@ -279,6 +279,10 @@ class Bridge:
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
 
+    def healthy(self) -> bool:
+        """Subscribed on a live connection, and the handler thread is running."""
+        return self._connected.is_set() and self._worker.is_alive() and not self._stop.is_set()
+
     def stop(self) -> None:
         """Disconnect cleanly (no Last Will), then finish what was received."""
         self._stop.set()

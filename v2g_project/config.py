@@ -231,20 +231,64 @@ class LoggingConfig(Section):
 # --- RTE ---------------------------------------------------------------------
 
 
+Scenario = Literal["steady", "ramp", "burst", "random_walk", "afrr", "fcr_frequency", "replay"]
+
+
+class RteMockConfig(Section):
+    """The mock RTE server (``mode: mock``): what it listens on and what it publishes."""
+
+    address: str = "127.0.0.1:8090"  # host:port, loopback for demos
+    client_id: str = "v2g-mock"
+    client_secret: str = "v2g-mock-secret"  # a local demo credential, not a secret
+    token_ttl_seconds: PositiveInt = 3600
+    # The generator scenario the mock publishes as activations (with rteGenerator's ranges).
+    scenario: Scenario = "steady"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8090")
+        return value
+
+
 class RteConfig(Section):
+    enabled: bool = False
     mode: Literal["mock", "client"] = "mock"
-    base_url: str = "http://127.0.0.1:8090"
+    token_url: str = ""
+    api_url: str = ""
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
     poll_interval_seconds: PositiveInt = 60
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    overlap_seconds: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    lookback_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
+    backoff_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 300.0
+    fleet_id: str = ""
+    mock: RteMockConfig = RteMockConfig()
 
+    @field_validator("token_url", "api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("expected an http(s):// URL")
+        return value
 
-Scenario = Literal["steady", "ramp", "burst", "random_walk", "afrr", "fcr_frequency", "replay"]
+    @model_validator(mode="after")
+    def _client_needs(self) -> RteConfig:
+        if self.mode == "client":
+            missing = [k for k in ("token_url", "api_url", "client_id") if not getattr(self, k)]
+            if not self.client_secret.get_secret_value():
+                missing.append("client_secret")
+            if missing:
+                raise ValueError(f"mode 'client' needs {', '.join(missing)}")
+        return self
 
 
 class RteGeneratorConfig(Section):
     enabled: bool = False
+    runner: Literal["process", "beat"] = "process"
     scenario: Scenario = "steady"
     min_interval_seconds: Annotated[float, Field(gt=0)] = 120
     max_interval_seconds: Annotated[float, Field(gt=0)] = 300
@@ -256,6 +300,7 @@ class RteGeneratorConfig(Section):
     jitter_pct: Annotated[float, Field(ge=0, le=100)] = 15.0
     seed: int = 42
     replay_file: str = ""
+    fleet_id: str = ""
 
     @model_validator(mode="after")
     def _ranges(self) -> RteGeneratorConfig:
@@ -341,6 +386,8 @@ class CeleryConfig(Section):
     task_time_limit_s: PositiveInt = 300
     task_soft_time_limit_s: PositiveInt = 240
     visibility_timeout_s: PositiveInt = 3600
+    # Touched by Beat at every tick (v2g_project.beat); empty: none.
+    beat_heartbeat_file: str = "var/run/beat.alive"
 
     @model_validator(mode="after")
     def _limits(self) -> CeleryConfig:
@@ -349,16 +396,68 @@ class CeleryConfig(Section):
         return self
 
 
+# Django's development key: what settings use while web.secret_key is empty
+# (debug on). Refused when debug is off, like any key Django calls insecure.
+DEV_SECRET_KEY = "django-insecure-v2g-development-only-never-in-production"
+# What `manage.py check --deploy` accepts (security.W009): 50 characters, 5 distinct.
+SECRET_KEY_MIN_LENGTH = 50
+SECRET_KEY_MIN_UNIQUE = 5
+
+
+def _origin_problem(origin: str, *, wildcard: bool = False) -> str | None:
+    parts = urlsplit(origin)
+    host = parts.hostname or ""
+    if wildcard and host.startswith("*."):
+        host = host[2:]
+    if parts.scheme not in ("http", "https") or not host or parts.path or parts.query:
+        return f"{origin!r} is not an origin: expected scheme://host[:port], http or https, no path or /"
+    return None
+
+
 class WebConfig(Section):
-    secret_key: SecretStr = SecretStr("")  # empty: a development key, refused when debug is off
+    # debug comes first: secret_key's validator reads it.
     debug: bool = True
+    secret_key: SecretStr = SecretStr("")  # empty: a development key, refused when debug is off
     allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
     health_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+    # Security of the web process; each applies only when debug is false.
+    csrf_trusted_origins: list[str] = Field(default_factory=list)
+    behind_proxy: bool = False  # trust X-Forwarded-Proto from the TLS-terminating reverse proxy
+    ssl_redirect: bool = True
+    hsts_seconds: Annotated[int, Field(ge=0, le=63_072_000)] = 31_536_000
+    hsts_include_subdomains: bool = True
+    hsts_preload: bool = False
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret(cls, value: SecretStr, info: Any) -> SecretStr:
+        if info.data.get("debug", True):
+            return value
+        secret = value.get_secret_value()
+        if not secret:
+            raise ValueError("required when debug is false (set K_WEB__SECRET_KEY or K_WEB__SECRET_KEY_FILE)")
+        if secret == DEV_SECRET_KEY or secret.startswith("django-insecure-"):
+            raise ValueError("the development secret key cannot be used when debug is false")
+        if len(secret) < SECRET_KEY_MIN_LENGTH or len(set(secret)) < SECRET_KEY_MIN_UNIQUE:
+            raise ValueError(
+                f"must be at least {SECRET_KEY_MIN_LENGTH} characters, {SECRET_KEY_MIN_UNIQUE} of them "
+                "different, when debug is false (python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(50))')"
+            )
+        return value
+
+    @field_validator("csrf_trusted_origins")
+    @classmethod
+    def _csrf_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if problem := _origin_problem(origin, wildcard=True):
+                raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
-    def _secret(self) -> WebConfig:
-        if not self.debug and len(self.secret_key.get_secret_value()) < 32:
-            raise ValueError("secret_key of at least 32 characters is required when debug is false")
+    def _production(self) -> WebConfig:
+        if not self.debug and not self.allowed_hosts:
+            raise ValueError("allowed_hosts must not be empty when debug is false")
         return self
 
 
@@ -404,11 +503,8 @@ class ApiConfig(Section):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
-                raise ValueError(
-                    f"{origin!r} is not an origin: expected scheme://host[:port], http or https, no path or /"
-                )
+            if problem := _origin_problem(origin):
+                raise ValueError(problem)
         return value
 
 
@@ -503,6 +599,47 @@ def _env_value(raw: str, annotation: Any) -> Any:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+FILE_SUFFIX = "_FILE"
+
+
+def _resolve(parts: list[str]) -> tuple[list[str], Any] | str:
+    """The key path and annotation that ``K_`` variable parts name, or why not."""
+    annotation: Any = Config
+    path: list[str] = []
+    for part in parts:
+        annotation = _unwrap(annotation)
+        if _is_model(annotation):
+            found = _field(annotation, part)
+            if found is None:
+                where = ".".join(path) or "the top level"
+                known = ", ".join(info.alias or name for name, info in annotation.model_fields.items())
+                return f"unknown key {part!r} in {where} (known: {known})"
+            key, annotation = found
+        elif typing.get_origin(annotation) is dict:
+            key, annotation = part, typing.get_args(annotation)[1]
+        else:
+            return f"{'.'.join(path)} has no sub-keys"
+        path.append(key)
+    return path, annotation
+
+
+def _secret_from_file(var: str, file_name: str, dotted: str) -> str:
+    """The content of a Docker-secret-style file; trailing line breaks dropped.
+
+    Errors name the variable, the key and the file, never the content."""
+    if not file_name.strip():
+        raise ConfigError(f"{var}: empty; expected the path of a file holding {dotted}")
+    try:
+        text = Path(file_name).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{var}: cannot read {dotted} from file {file_name}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{var}: the file {file_name} holding {dotted} is not UTF-8 text") from None
+    return text.rstrip("\r\n")
+
+
 def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple, str]]:
     """Collect ``K_<SECTION>__<KEY>[__<SUBKEY>]`` variables into a nested dict.
 
@@ -510,6 +647,10 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tupl
     key path. Unknown sections or keys raise ConfigError naming the variable.
     Below a mapping keyed by data (``dispatch.strategies``, ``dispatch.segments``)
     the part is taken as the key itself: ``K_DISPATCH__STRATEGIES__aFRR=lp``.
+
+    A secret key (a ``SecretStr``: passwords, URLs, tokens, the DSN) can instead
+    be read from a file named by ``K_<SECTION>__<KEY>_FILE`` (Docker secrets:
+    ``K_WEB__SECRET_KEY_FILE=/run/secrets/v2g_secret_key``).
     """
     tree: dict[str, Any] = {}
     origins: dict[tuple, str] = {}
@@ -518,35 +659,56 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tupl
         if not var.upper().startswith(ENV_PREFIX) or var in FOREIGN_K_VARIABLES:
             continue
         parts = var[len(ENV_PREFIX) :].split("__")
-        annotation: Any = Config
-        node, path = tree, []
-        for depth, part in enumerate(parts):
-            annotation = _unwrap(annotation)
-            if _is_model(annotation):
-                found = _field(annotation, part)
-                if found is None:
-                    where = ".".join(path) or "the top level"
-                    known = ", ".join(info.alias or name for name, info in annotation.model_fields.items())
-                    problems.append(f"{var}: unknown key {part!r} in {where} (known: {known})")
-                    break
-                key, annotation = found
-            elif typing.get_origin(annotation) is dict:
-                key, annotation = part, typing.get_args(annotation)[1]
-            else:
-                problems.append(f"{var}: {'.'.join(path)} has no sub-keys")
+        resolved = _resolve(parts)
+        from_file = False
+        if isinstance(resolved, str) and parts[-1].upper().endswith(FILE_SUFFIX):
+            plain_key = _resolve([*parts[:-1], parts[-1][: -len(FILE_SUFFIX)]])
+            if not isinstance(plain_key, str):
+                if _unwrap(plain_key[1]) is not SecretStr:
+                    problems.append(
+                        f"{var}: only secret keys can be read from a file; "
+                        f"{'.'.join(plain_key[0])} is not one (set {var[: -len(FILE_SUFFIX)]} instead)"
+                    )
+                    continue
+                resolved, from_file = plain_key, True
+        if isinstance(resolved, str):
+            problems.append(f"{var}: {resolved}")
+            continue
+        path, annotation = resolved
+        dotted = ".".join(path)
+        # An empty variable beside a _FILE one is no conflict: the file wins (a
+        # compose file may pass K_SENTRY__DSN="" to every container by default).
+        earlier = origins.get(tuple(path))
+        if from_file:
+            if earlier is not None and environ[earlier] != "":
+                problems.append(f"{var}: {dotted} is also set by {earlier}; use one of them")
+                continue
+            try:
+                value: Any = _secret_from_file(var, environ[var], dotted)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+        else:
+            if earlier is not None:  # the same key in another case, or its _FILE sorted first
+                if environ[var] == "" and earlier.upper().endswith(FILE_SUFFIX):
+                    continue
+                problems.append(f"{var}: {dotted} is also set by {earlier}; use one of them")
+                continue
+            value = _env_value(environ[var], annotation)
+        node = tree
+        for depth, key in enumerate(path[:-1]):
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                problems.append(
+                    f"{var}: {'.'.join(path[: depth + 1])} is also set as a whole by another variable"
+                )
                 break
-            path.append(key)
-            if depth == len(parts) - 1:
-                if isinstance(node.get(key), dict):
-                    problems.append(f"{var}: {'.'.join(path)} is also set key by key by other variables")
-                    break
-                node[key] = _env_value(environ[var], annotation)
-                origins[tuple(path)] = var
-            else:
-                node = node.setdefault(key, {})
-                if not isinstance(node, dict):
-                    problems.append(f"{var}: {'.'.join(path)} is also set as a whole by another variable")
-                    break
+        else:
+            if isinstance(node.get(path[-1]), dict):
+                problems.append(f"{var}: {dotted} is also set key by key by other variables")
+                continue
+            node[path[-1]] = value
+            origins[tuple(path)] = var
     if problems:
         raise ConfigError("invalid environment override:\n  " + "\n  ".join(problems))
     return tree, origins

@@ -1,7 +1,13 @@
-"""Reachability of what the platform depends on: database, Celery broker, MQTT.
+"""Health endpoints and the reachability of what the platform depends on.
 
-Used by ``/healthz`` (JSON, 503 when anything is down) and by
-``manage.py health`` (which can also ask a real worker to answer a ping).
+- ``/healthz``: liveness. The process answers; no dependency is checked, so a
+  database or broker outage never gets healthy web processes restarted (or
+  taken out of a load balancer) for something a restart cannot fix. 200 while
+  the process serves requests.
+- ``/readyz``: readiness. Database, Celery broker and MQTT broker, checked in
+  parallel; 503 with JSON naming each component that is down and its host.
+- ``manage.py health`` runs the same checks (and can ask a real worker to answer).
+
 Error texts name the component and its host, never credentials.
 """
 
@@ -25,10 +31,28 @@ def _where(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
+def _database_where() -> str:
+    db = settings.DATABASES["default"]
+    vendor = connections["default"].vendor
+    if vendor == "sqlite":
+        return f"sqlite {db['NAME']}"
+    host = db.get("HOST") or "localhost"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"{vendor}://{host}{port}/{db.get('NAME', '')}"
+
+
 def check_database(timeout_s: float) -> None:
     try:
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means "down"; say where
+        # The driver's first line says why (refused, authentication failed, ...);
+        # drivers do not put the password in it, and it is scrubbed in case one did.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        password = settings.DATABASES["default"].get("PASSWORD")
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise ConnectionError(f"database {_database_where()} unavailable: {reason}") from None
     finally:
         connections.close_all()  # this ran in a helper thread; do not leak its connection
 
@@ -85,9 +109,22 @@ def run_checks(timeout_s: float | None = None) -> dict[str, dict]:
 
 @require_GET
 def healthz(_request: HttpRequest) -> JsonResponse:
+    """Liveness: answering is the whole test."""
+    return JsonResponse({"status": "ok", "version": __version__})
+
+
+@require_GET
+def readyz(_request: HttpRequest) -> JsonResponse:
+    """Readiness: 200 when the database, the Celery broker and the MQTT broker all
+    answer; else 503 with ``failing`` naming each one that does not."""
     checks = run_checks()
-    healthy = all(c["ok"] for c in checks.values())
+    failing = sorted(name for name, check in checks.items() if not check["ok"])
     return JsonResponse(
-        {"status": "ok" if healthy else "unavailable", "version": __version__, "checks": checks},
-        status=200 if healthy else 503,
+        {
+            "status": "unavailable" if failing else "ok",
+            "version": __version__,
+            "failing": failing,
+            "checks": checks,
+        },
+        status=503 if failing else 200,
     )

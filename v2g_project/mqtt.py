@@ -163,7 +163,7 @@ def disconnect(client: paho.Client) -> None:
 
 
 def probe(cfg: MqttConfig, timeout_s: float) -> None:
-    """Connect and disconnect once; used by /healthz. Raises MqttUnavailable."""
+    """Connect and disconnect once; used by /readyz. Raises MqttUnavailable."""
     client = client_create(cfg, "health", will=False)
     connect(client, cfg, timeout_s=timeout_s)
     disconnect(client)

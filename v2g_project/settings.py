@@ -15,7 +15,7 @@ from pathlib import Path
 import dj_database_url
 
 from v2g_project import multiproc
-from v2g_project.config import ConfigError, load_config
+from v2g_project.config import DEV_SECRET_KEY, ConfigError, load_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,10 +33,34 @@ except ConfigError as exc:
 PROMETHEUS_MULTIPROC_DIR = BASE_DIR / V2G.metrics.multiproc_dir  # an absolute path stays as it is
 multiproc.enable(PROMETHEUS_MULTIPROC_DIR)
 
-DEV_SECRET_KEY = "django-insecure-v2g-development-only-never-in-production"
+# Empty secret_key: the development key, which the configuration refuses when
+# debug is off (as it refuses keys Django's `check --deploy` calls insecure).
 SECRET_KEY = V2G.web.secret_key.get_secret_value() or DEV_SECRET_KEY
 DEBUG = V2G.web.debug
 ALLOWED_HOSTS = list(V2G.web.allowed_hosts)
+CSRF_TRUSTED_ORIGINS = list(V2G.web.csrf_trusted_origins)
+
+# --- security: web.* keys; `manage.py check --deploy` passes with debug off ----
+
+# The admin, the browsable API and the Swagger UI take the CSRF token from the
+# page, never from the cookie: no script needs to read either cookie.
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if V2G.web.behind_proxy:
+    # Only behind a proxy that sets this header itself and drops any a client sent.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if not DEBUG:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = V2G.web.ssl_redirect
+    # Probes and the Prometheus scrape call the web process directly, over HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = V2G.web.hsts_seconds
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = V2G.web.hsts_include_subdomains
+    SECURE_HSTS_PRELOAD = V2G.web.hsts_preload
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -227,7 +251,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": V2G.celery.visibility_timeout_s}
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler, touching celery.beat_heartbeat_file at each tick.
+CELERY_BEAT_SCHEDULER = "v2g_project.beat:Scheduler"
 
 # --- API: throttle counters, CORS ---------------------------------------------------
 
@@ -265,29 +290,45 @@ MQTT_BRIDGE_ROUTE_PROVIDERS = [
 
 # --- logging -----------------------------------------------------------------
 
+# Process logs (not the dispatch log of SPEC §9): readable text by default, one
+# JSON object per line with logging.format "json" (production). Both carry what
+# a line is about (dispatch, vehicle, signal type, Celery task), see
+# v2g_project/logcontext.py and docs/observability.md.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "v2g_project.logcontext.ContextFilter"}},
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"},
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        "text": {
+            "()": "v2g_project.logcontext.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
         },
+        "json": {"()": "v2g_project.logcontext.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": V2G.logging.format},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": V2G.logging.format,
+            "filters": ["context"],
+        },
     },
     "root": {"handlers": ["console"], "level": V2G.logging.level},
     "loggers": {
         "django": {"level": "INFO" if V2G.logging.level == "DEBUG" else V2G.logging.level},
+        # Celery's task logger does not propagate: give it our handler, or Celery
+        # would give it its own format.
+        "celery.task": {"handlers": ["console"], "propagate": False},
     },
 }
+# Celery workers and Beat keep the handler above instead of installing their own
+# (which would ignore logging.format); --loglevel still sets the level.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Sentry (off unless a DSN is configured) -------------------------------------
 
+# An empty DSN: the SDK is not even imported (docs/observability.md). Every
+# secret of the configuration, and the Django key, is masked in what it sends.
 if V2G.sentry.dsn.get_secret_value():
     from v2g_project.observability import sentry_init
 
-    sentry_init(V2G.sentry)
+    sentry_init(V2G, extra_secrets=[SECRET_KEY])

@@ -7,7 +7,7 @@ from dispatch.api import DispatchLogView, DispatchViewSet, SignalViewSet, Vehicl
 from fleet.api import FleetViewSet, VehicleViewSet
 from kpis.api import VehicleKpisView
 from scheduler.api import PlanCsvView, PlanDeliveryView, PlanJsonView
-from v2g_project.health import healthz
+from v2g_project.health import healthz, readyz
 from v2g_project.metrics import metrics_view
 
 router = DefaultRouter()
@@ -44,5 +44,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api-auth/", include("rest_framework.urls")),
     path("metrics", metrics_view, name="metrics"),
-    path("healthz", healthz, name="healthz"),
+    path("healthz", healthz, name="healthz"),  # liveness: the process answers
+    path("readyz", readyz, name="readyz"),  # readiness: database, Celery broker, MQTT broker
 ]

@@ -63,8 +63,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--signal-every",
             type=float,
-            default=30,
-            help="Submit a demo FCR signal every N seconds (0: none).",
+            default=None,
+            help="Submit a demo FCR signal every N seconds (0: none). Default 30, or none when the "
+            "signal generator or the RTE connector runs.",
         )
         parser.add_argument(
             "--seed", type=int, default=42, help="Seed of the simulator and the demo signals."
@@ -80,13 +81,26 @@ class Command(BaseCommand):
             metavar="NAME",
             help=f"Generator scenario (implies --rte-gen): {', '.join(SCENARIOS)}.",
         )
+        parser.add_argument(
+            "-c",
+            "--config",
+            metavar="PATH",
+            help="Configuration file (as `manage.py -c PATH demo`), e.g. config.preprod.yaml.",
+        )
+        parser.add_argument(
+            "--rte",
+            action="store_true",
+            help="Also run the RTE connector (as rte.enabled: true; in mock mode with its mock RTE server).",
+        )
         # Set by the demo itself when it re-executes with embedded services resolved.
         parser.add_argument("--resolved", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("--embedded-mqtt", action="store_true", help=argparse.SUPPRESS)
 
     def handle(self, *args, port: int, vehicles: int, duration: float, **options):
-        if not 0 < port < 65536 or vehicles < 0 or duration < 0 or options["signal_every"] < 0:
+        if not 0 < port < 65536 or vehicles < 0 or duration < 0 or (options["signal_every"] or 0) < 0:
             raise CommandError("--port must be 1-65535; --vehicles, --duration, --signal-every non-negative")
+        if options["config"]:
+            self._reexec_with_config(options["config"])  # does not return
         if not options["resolved"]:
             self._resolve_and_reexec()  # does not return
         # This console shows the demo's own summary; each process logs to var/log/.
@@ -108,6 +122,7 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
             self._seed(vehicles)
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "v2g_project.settings"}
+            generator, rte = self._signal_sources(env, options)
             self._start(
                 "web", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], env
             )
@@ -117,14 +132,39 @@ class Command(BaseCommand):
             self._start("bridge", [sys.executable, "manage.py", "mqtt_bridge"], env)
             if vehicles:
                 self._start("simulator", self._simulator_command(vehicles, options["seed"]), env)
-            gen_scenario = options["rte_gen_scenario"]
-            if options["rte_gen"] or gen_scenario or settings.V2G.rte_generator.enabled:
-                gen = [sys.executable, "manage.py", "rte_generate", "--fleet", DEMO_FLEET]
-                self._start("rte-generator", [*gen, "--scenario", gen_scenario] if gen_scenario else gen, env)
+            if generator and settings.V2G.rte_generator.runner == "process":
+                scenario, fleet = env["K_RTEGENERATOR__SCENARIO"], env["K_RTEGENERATOR__FLEET_ID"]
+                gen = [sys.executable, "manage.py", "rte_generate", "--scenario", scenario, "--fleet", fleet]
+                self._start("rte-generator", gen, env)
+            elif generator:
+                self.say("signal generator: run by Celery Beat (rteGenerator.runner: beat)")
+            if rte:
+                self._start("rte-connector", [sys.executable, "manage.py", "rte_connector"], env)
+            signal_every = options["signal_every"]
+            if signal_every is None:
+                signal_every = 0 if generator or rte else 30
             self._report(port, env)
-            self._run(stop, duration, options["signal_every"], options["seed"])
+            self._run(stop, duration, signal_every, options["seed"])
         finally:
             self._stop_all()
+
+    def _signal_sources(self, env: dict[str, str], options: dict) -> tuple[bool, bool]:
+        """Whether the signal generator and the RTE connector run; their settings go to
+        every child through ``env`` (the Beat-driven generator runs in worker and beat)."""
+        gen_cfg, rte_cfg = settings.V2G.rte_generator, settings.V2G.rte
+        generator = bool(options["rte_gen"] or options["rte_gen_scenario"] or gen_cfg.enabled)
+        if generator:
+            env["K_RTEGENERATOR__ENABLED"] = "true"
+            env["K_RTEGENERATOR__SCENARIO"] = options["rte_gen_scenario"] or gen_cfg.scenario
+            env["K_RTEGENERATOR__FLEET_ID"] = gen_cfg.fleet_id or DEMO_FLEET
+            self.say(f"signal generator: scenario {env['K_RTEGENERATOR__SCENARIO']}, seed {gen_cfg.seed}")
+        rte = bool(options["rte"] or rte_cfg.enabled)
+        if rte:
+            env["K_RTE__ENABLED"] = "true"
+            env["K_RTE__FLEET_ID"] = rte_cfg.fleet_id or DEMO_FLEET
+            where = rte_cfg.api_url if rte_cfg.mode == "client" else f"mock on {rte_cfg.mock.address}"
+            self.say(f"RTE connector: {rte_cfg.mode} mode, {where}, every {rte_cfg.poll_interval_seconds} s")
+        return generator, rte
 
     def _run(self, stop: threading.Event, duration: float, signal_every: float, seed: int) -> None:
         deadline = time.monotonic() + duration if duration else None
@@ -146,6 +186,20 @@ class Command(BaseCommand):
             stop.wait(0.5)
 
     # --- embedded services -----------------------------------------------------
+
+    def _reexec_with_config(self, path: str) -> None:
+        """Settings were read before this command ran: run again with the file as $V2G_CONFIG."""
+        if not os.path.isfile(path):
+            raise CommandError(f"config file {path} (from -c/--config) does not exist")
+        os.environ["V2G_CONFIG"] = os.path.abspath(path)
+        argv, args = [sys.executable, sys.argv[0]], iter(sys.argv[1:])
+        for arg in args:
+            if arg in ("-c", "--config"):
+                next(args, None)
+            elif not arg.startswith("--config="):
+                argv.append(arg)
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and arguments
 
     def _resolve_and_reexec(self) -> None:
         """Pick embedded stand-ins for unreachable servers, then run again so that
@@ -295,7 +349,7 @@ class Command(BaseCommand):
             f"  admin    {url}/admin/   (login {DEMO_USER} / {DEMO_PASSWORD})\n"
             f"  API      {url}/api/   (curl -H 'Authorization: Bearer {self.api_token}' {url}/api/fleets/)\n"
             f"  metrics  {url}/metrics\n"
-            f"  health   {url}/healthz\n"
+            f"  health   {url}/readyz   (readiness; {url}/healthz: liveness)\n"
             f"  logs     {self.log_dir}/\n"
             "  Ctrl-C stops everything.\n"
         )

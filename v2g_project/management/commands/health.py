@@ -1,6 +1,6 @@
 """``python manage.py health [--worker]``: is everything the platform needs up?
 
-Checks the database, the Celery broker and the MQTT broker like /healthz;
+Checks the database, the Celery broker and the MQTT broker like /readyz;
 with --worker, also asks a real Celery worker to answer a ping and to publish
 it over MQTT from its own process. Exits non-zero when anything is down.
 """

@@ -2,7 +2,9 @@
 
 Long-lived: reconnects and resubscribes by itself; SIGTERM or Ctrl-C stops it
 cleanly (DISCONNECT sent, so its Last Will is not published; received
-messages are handled before exit).
+messages are handled before exit). While it is subscribed on a live connection
+and its handler thread runs, it touches ``--heartbeat-file`` every few seconds
+(``python -m v2g_project.heartbeat`` checks it: the docker-compose health check).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import start_http_server
 
+from v2g_project import heartbeat
 from v2g_project.bridge import Bridge, routes_load
 from v2g_project.mqtt import MqttUnavailable
+
+HEARTBEAT_EVERY_S = 5.0
 
 
 class Command(BaseCommand):
@@ -29,8 +34,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--batch-wait-ms", type=int, default=20, help="How long to gather a batch (default 20 ms)."
         )
+        parser.add_argument(
+            "--heartbeat-file",
+            default="var/run/mqtt_bridge.alive",
+            help="Touched every few seconds while healthy (relative: under the project directory; "
+            "'' for none). Default var/run/mqtt_bridge.alive.",
+        )
 
-    def handle(self, *args, batch_size: int, batch_wait_ms: int, **options):
+    def handle(self, *args, batch_size: int, batch_wait_ms: int, heartbeat_file: str, **options):
         if batch_size < 1 or batch_wait_ms < 0:
             raise CommandError("--batch-size must be >= 1 and --batch-wait-ms >= 0")
         config = settings.V2G
@@ -54,6 +65,11 @@ class Command(BaseCommand):
         except MqttUnavailable as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"mqtt bridge running: {', '.join(r.topic for r in bridge.routes)}")
-        stop.wait()
+        alive = heartbeat.resolve(heartbeat_file) if heartbeat_file else None
+        while True:
+            if alive is not None and bridge.healthy():
+                heartbeat.touch(alive)
+            if stop.wait(HEARTBEAT_EVERY_S):
+                break
         self.stdout.write("mqtt bridge stopping")
         bridge.stop()
