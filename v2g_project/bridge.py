@@ -35,7 +35,10 @@ MESSAGES = Counter(
     "MQTT messages received by the bridge, by route and outcome (handled, malformed, empty, error, dropped).",
     ["route", "outcome"],
 )
-QUEUE_DEPTH = Gauge("mqtt_bridge_queue_depth", "Messages decoded and waiting for their handler.")
+# livesum: a restarted bridge must not leave its old depth behind (multiproc.py drops dead processes).
+QUEUE_DEPTH = Gauge(
+    "mqtt_bridge_queue_depth", "Messages decoded and waiting for their handler.", multiprocess_mode="livesum"
+)
 PLATFORM_LOST = Counter(
     "mqtt_platform_process_lost_total", "Platform MQTT clients whose Last Will was published."
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from v2g_project import multiproc
 from v2g_project.config import DEV_SECRET_KEY, ConfigError, load_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -25,12 +26,12 @@ except ConfigError as exc:
     sys.stderr.write(f"v2g: {exc}\n")
     raise SystemExit(2) from None
 
-# Prometheus multiprocess mode: every process (web, each Celery child, bridge)
-# writes its metrics under one directory that /metrics aggregates. Must be set
-# before prometheus_client is first imported, which happens after settings.
+# Prometheus multiprocess mode: every process (web, each Celery child, Beat,
+# bridge) writes its metrics under one directory that /metrics aggregates;
+# files named <hostname>-<pid namespace>-<pid> (unique across containers), see
+# v2g_project/multiproc.py and docs/metrics.md. Before any metric is created.
 PROMETHEUS_MULTIPROC_DIR = BASE_DIR / V2G.metrics.multiproc_dir  # an absolute path stays as it is
-PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+multiproc.enable(PROMETHEUS_MULTIPROC_DIR)
 
 # Empty secret_key: the development key, which the configuration refuses when
 # debug is off (as it refuses keys Django's `check --deploy` calls insecure).
