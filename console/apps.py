@@ -7,3 +7,10 @@ class ConsoleConfig(AppConfig):
 
     name = "console"
     verbose_name = "Operator console"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from console.groups import ensure_groups_after_migrate
+
+        post_migrate.connect(ensure_groups_after_migrate, sender=self)

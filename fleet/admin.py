@@ -72,6 +72,7 @@ class VehicleAdmin(FleetScopedAdmin):
     search_fields = ("id",)
     list_select_related = ("fleet", "site")
     list_per_page = 200
+    autocomplete_fields = ("fleet", "site")  # scoped: the Fleet and Site admins' querysets
     actions = ("activate", "deactivate")
     fieldsets = (
         (None, {"fields": ("id", "fleet", "site", "cluster", "segment", "active", "priority")}),

@@ -17,18 +17,7 @@ access was introduced kept seeing every fleet: they get all-fleet access.
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-VIEW_APPS = ("fleet", "telemetry", "dispatch", "scheduler", "kpis", "django_celery_beat", "admin")
-OPERATOR_EXTRA = (
-    ("fleet", "change_vehicle"),
-    ("fleet", "add_site"),
-    ("fleet", "change_site"),
-    ("fleet", "add_apitoken"),
-    ("fleet", "change_apitoken"),
-    ("dispatch", "add_flexibilitysignal"),
-    ("dispatch", "add_dispatch"),
-    ("scheduler", "change_plan"),
-    ("kpis", "change_vehicledaykpi"),
-)
+from console.groups import ensure_groups
 
 
 def create_groups(apps, schema_editor):
@@ -37,16 +26,7 @@ def create_groups(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, verbosity=0)
         app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    view = Permission.objects.filter(content_type__app_label__in=VIEW_APPS, codename__startswith="view_")
-    auditors, _ = Group.objects.get_or_create(name="Auditors")
-    auditors.permissions.set(view)
-    operators, _ = Group.objects.get_or_create(name="Operators")
-    extra = [
-        Permission.objects.get(content_type__app_label=app, codename=codename) for app, codename in OPERATOR_EXTRA
-    ]
-    operators.permissions.set([*view, *extra])
+    ensure_groups(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"), only_missing=False)
 
     User = apps.get_model("auth", "User")
     OperatorAccess = apps.get_model("fleet", "OperatorAccess")
