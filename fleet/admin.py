@@ -19,6 +19,7 @@ class SiteInline(FleetScopedInline, admin.TabularInline):
 @admin.register(Fleet)
 class FleetAdmin(FleetScopedAdmin):
     fleet_field = "id"
+    ordering = ("id",)  # Meta.ordering is dropped by the vehicle count's GROUP BY
     list_display = ("id", "name", "active", "vehicle_count", "updated_at")
     list_filter = ("active",)
     search_fields = ("id", "name")
