@@ -80,8 +80,12 @@ class DashboardSummarySerializer(serializers.Serializer):
         child=serializers.CharField(), allow_null=True, help_text="The fleets counted; null: every fleet."
     )
     window = DashboardWindowSerializer()
-    power = DashboardPowerPointSerializer(many=True, help_text="Requested vs acknowledged power, oldest bucket first.")
-    signal_types = DashboardSignalTypeAckSerializer(many=True, help_text="Signal types with commands in the window.")
+    power = DashboardPowerPointSerializer(
+        many=True, help_text="Requested vs acknowledged power, oldest bucket first."
+    )
+    signal_types = DashboardSignalTypeAckSerializer(
+        many=True, help_text="Signal types with commands in the window."
+    )
     vehicles = DashboardVehicleCountsSerializer()
     plan = DashboardPlanTodaySerializer(
         allow_null=True, help_text="Today's approved plan and its delivery; null: none."

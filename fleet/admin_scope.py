@@ -54,6 +54,14 @@ class FleetScopedAdmin(admin.ModelAdmin):
             return queryset.none()
         return access.filter_fleets(queryset, ids, self.fleet_field)
 
+    def _every_fleet_only(self, request) -> bool:
+        """Rows that concern every fleet, and a user limited to some fleets."""
+        return self.fleet_field is None and not self.vehicle_field and fleet_ids(request) is not None
+
+    def has_view_permission(self, request, obj=None):
+        # Not even listed in the menu for operators who would only ever see an empty list.
+        return not self._every_fleet_only(request) and super().has_view_permission(request, obj)
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         choices = scoped_choices(db_field.related_model, fleet_ids(request))
         if choices is not None:

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from console.api import DashboardSummaryView
+from console.views import favicon
 from dispatch.api import DispatchLogView, DispatchViewSet, SignalViewSet, VehicleStatusView
 from fleet.api import FleetViewSet, VehicleViewSet
 from kpis.api import VehicleKpisView
@@ -44,6 +45,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api-auth/", include("rest_framework.urls")),
     path("metrics", metrics_view, name="metrics"),
+    path("favicon.ico", favicon, name="favicon"),
     path("healthz", healthz, name="healthz"),  # liveness: the process answers
     path("readyz", readyz, name="readyz"),  # readiness: database, Celery broker, MQTT broker
 ]

@@ -17,7 +17,6 @@ from dispatch.log import dispatch_log_write
 from dispatch.models import Command, CommandStatus, Dispatch, DispatchStatus, FlexibilitySignal
 from fleet.models import ApiToken, Fleet, Site, Vehicle
 from kpis.models import VehicleDayKpi
-from scheduler.models import Plan
 from telemetry.models import VehicleState
 from tests.conftest import operator
 from tests.scheduler.plans import stored_plan
@@ -64,9 +63,9 @@ def world_fleet(fleet_id: str, count: int = 2) -> dict:
         vehicle=vehicles[0], day=dt.date(2025, 6, 3), injected_kwh=2.0, consumed_kwh=1.0, co2_avoided_g=100.0,
         energy_ratio=2.0, measured_share=0.0, computed_at=now,
     )  # fmt: skip
-    plan = stored_plan(timezone.now().date() + timedelta(days=10), {(12, vehicles[0].id): 3.0})
-    Plan.objects.filter(pk=plan.pk).update(fleet=fleet)
-    plan.refresh_from_db()
+    plan = stored_plan(
+        timezone.now().date() + timedelta(days=10), {(12, vehicles[0].id): 3.0}, fleet_id=fleet_id
+    )
     token = ApiToken(name=f"token-{fleet_id}")
     token.new_key()
     token.save()
@@ -365,3 +364,13 @@ def test_fleet_access_is_edited_on_the_user_page_by_all_fleet_users_only(admin_c
     user_id = operator_a.session["_auth_user_id"]
     page = admin_client.get(f"/admin/auth/user/{user_id}/change/").content.decode()
     assert "fleet access" in page.lower() and 'name="fleet_access-0-fleets"' in page
+
+
+def test_screens_of_every_fleet_are_for_all_fleet_operators_only(operator_a, admin_client):
+    for url in ("/admin/telemetry/telemetrypoll/", "/admin/dispatch/rteconnectorstate/"):
+        assert operator_a.get(url).status_code == 403
+        assert admin_client.get(url).status_code == 200
+    assert "Telemetry polls" not in operator_a.get("/admin/").content.decode()
+    # Periodic tasks: a limited operator may look, not change or run them.
+    page = operator_a.get("/admin/django_celery_beat/periodictask/")
+    assert page.status_code == 200 and 'name="action"' not in page.content.decode()
