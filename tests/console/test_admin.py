@@ -288,6 +288,7 @@ def test_the_dispatch_page_lists_commands_with_status_latency_and_round(operator
     page = operator_a.get(f"/admin/dispatch/dispatch/{world['a']['dispatch'].pk}/change/").content.decode()
     assert "fa-ev0" in page and "Acked" in page and ">42<" in page  # latency in ms
     assert "fallback round" in page.lower()
+    assert '<td class="field-acks">1/1</td>' in operator_a.get("/admin/dispatch/dispatch/").content.decode()
 
 
 def test_kpi_backfill_validates_the_range_and_enqueues_the_task(operator_a, monkeypatch):
