@@ -120,7 +120,7 @@ SCREENS = {
     "/admin/fleet/vehicle/": ("fa-ev0", "fb-ev0"),
     "/admin/fleet/apitoken/": ("token-fa", "token-fb"),
     "/admin/telemetry/vehiclestate/": ("fa-ev1", "fb-ev1"),
-    "/admin/dispatch/flexibilitysignal/": ("fa", "fb"),
+    "/admin/dispatch/flexibilitysignal/": ("Fleet fa", "Fleet fb"),
     "/admin/dispatch/dispatchlogentry/": ("fa-ev0", "fb-ev0"),
     "/admin/kpis/vehicledaykpi/": ("fa-ev0", "fb-ev0"),
 }

@@ -22,6 +22,7 @@ import sys
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.db import connections
 from django.utils import timezone
 
 from console.groups import OPERATORS
@@ -145,7 +146,9 @@ def console(celery_worker, mqtt_bridge, tmp_path):
             stop_process(proc)
 
 
-def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(console, monkeypatch, tmp_path):
+def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(
+    console, monkeypatch, tmp_path, record_property
+):
     from playwright.sync_api import expect, sync_playwright
 
     # Playwright's sync API keeps an event loop in this thread; the ORM calls
@@ -285,6 +288,7 @@ def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(console, monke
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             shutil.copy(SCREENSHOT, tmp_path / SCREENSHOT.name)
             print(f"\ndashboard screenshot: {SCREENSHOT}")
+            record_property("screenshot", str(SCREENSHOT))  # in the JUnit XML of make e2e
             assert page.evaluate("window.v2gDashboard.errors") == 0
         except Exception:
             failure = tmp_path / "console-failure.png"
@@ -295,4 +299,7 @@ def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(console, monke
             raise
         finally:
             browser.close()
+            # The ORM calls above ran in Playwright's greenlet, whose context has a
+            # database connection of its own: close it, or the test database stays in use.
+            connections.close_all()
     assert problems == [], "JavaScript errors in the console:\n" + "\n".join(problems)
