@@ -8,7 +8,9 @@ from the admin and watches its dispatch come back acknowledged, approves the
 day's plan and downloads its CSV, backfills the KPIs through a worker, then
 opens the dashboard and checks that its charts were drawn from the API's
 figures and refresh live. Every console error and uncaught page error fails
-the test. A screenshot of the dashboard is saved to coverage/console-dashboard.png.
+the test. Screenshots are saved to coverage/: console-dashboard.png (the
+dashboard), console-vehicles.png (the filtered vehicle list) and
+console-dispatch.png (the dispatch page with its acks).
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ PAINTED = """id => {
   for (let i = 3; i < d.length; i += 4) { if (d[i] !== 0) { n += 1; } }
   return n;
 }"""
+
+
+def shot(page, name: str) -> None:
+    """A full-page screenshot beside the coverage reports (coverage/)."""
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT.parent / name), full_page=True)
 
 
 def _chromium() -> str:
@@ -189,6 +197,7 @@ def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(
             expect(results).to_have_count(COUNT // 2)
             assert "availability=available" in page.url and "cluster=north" in page.url
             expect(page.locator("#result_list td.field-soc_pct").first).to_contain_text("%")
+            shot(page, "console-vehicles.png")
 
             # --- a signal for the selected vehicles, from the admin ---------------------------
             selected = sorted(
@@ -220,6 +229,7 @@ def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(
             assert sorted(commands.values_list("vehicle_id", flat=True)) == selected  # the selection only
             assert all(c.status == CommandStatus.ACKED and c.latency_s is not None for c in commands)
             expect(page.locator("#commands-group")).to_contain_text(selected[0])
+            shot(page, "console-dispatch.png")
             wait_for(
                 lambda: Dispatch.objects.get(id=dispatch_id).status == DispatchStatus.COMPLETED,
                 30,
@@ -284,8 +294,7 @@ def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(
                 assert page.evaluate(PAINTED, chart) > 500, f"{chart} is blank"
             # Live: it polls the API again without a reload.
             page.wait_for_function("window.v2gDashboard.updates >= 2", timeout=30_000)
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot(page, SCREENSHOT.name)
             shutil.copy(SCREENSHOT, tmp_path / SCREENSHOT.name)
             print(f"\ndashboard screenshot: {SCREENSHOT}")
             record_property("screenshot", str(SCREENSHOT))  # in the JUnit XML of make e2e
