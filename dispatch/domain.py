@@ -80,6 +80,8 @@ class SignalSpec:
     signal_type: str
     power_kw: float  # signed, SPEC §2
     duration_s: float
+    # Only these vehicles may take part (an operator's selection); None: any vehicle.
+    vehicle_ids: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.power_kw):
@@ -248,6 +250,8 @@ def vehicle_limit_kw(v: VehicleState, signal: SignalSpec, policy: Policy) -> flo
 
 def _exclusion_reason(v: VehicleState, signal: SignalSpec, policy: Policy, limit: float) -> str | None:
     discharge = _discharging(signal)
+    if signal.vehicle_ids is not None and v.vehicle_id not in signal.vehicle_ids:
+        return "not among the signal's vehicles"
     if not v.active:
         return "inactive"
     if discharge and not v.is_v2g:
@@ -278,10 +282,10 @@ def vehicle_filter(
 ) -> tuple[list[VehicleState], dict[str, str]]:
     """Split vehicles into the eligible ones (in input order) and ``{vehicle_id: reason}``.
 
-    Eligible: active, V2G capable (discharge only), available, not committed
-    to another signal, SoC known (when SoC constraints are on), above the SoC
-    floor (discharge) or not full (charge), and able to take at least 0.001 kW
-    for the whole duration.
+    Eligible: among the signal's ``vehicle_ids`` when it names some, active,
+    V2G capable (discharge only), available, not committed to another signal,
+    SoC known (when SoC constraints are on), above the SoC floor (discharge) or
+    not full (charge), and able to take at least 0.001 kW for the whole duration.
 
     A charging signal (power < 0) does not require ``is_v2g``: any vehicle on a
     charger can absorb power, only injecting needs a bidirectional charger.

@@ -53,6 +53,12 @@ class FlexibilitySignal(models.Model):
         help_text="Planned setpoints, vehicle id -> signed kW (a day-ahead plan's slot): dispatched "
         "as given (strategy 'planned') instead of allocated by a strategy; empty = allocate.",
     )
+    vehicle_ids = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Only these vehicles may take part, in every round (an operator's selection in the "
+        "admin); empty = any eligible vehicle (of the fleet, if one is named).",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

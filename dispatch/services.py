@@ -18,7 +18,7 @@ import math
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -95,6 +95,7 @@ def signal_submit_once(
     fleet_id: str | None = None,
     external_id: str = "",
     setpoints_kw: Mapping[str, float] | None = None,
+    vehicle_ids: Collection[str] | None = None,
 ) -> tuple[FlexibilitySignal, Dispatch, bool]:
     """Store a signal and its first dispatch round, as :func:`signal_submit`, and say
     whether this call created the signal
@@ -104,6 +105,9 @@ def signal_submit_once(
     With ``setpoints_kw`` (vehicle id -> signed kW, e.g. a day-ahead plan's
     slot), the first round sends those setpoints instead of allocating by a
     strategy (see ``domain.allocate_planned``); ``power_kw`` must be their sum.
+    With ``vehicle_ids`` (an operator's selection), only those vehicles may take
+    part, in the first round as in fallback rounds; each must be registered
+    (in ``fleet_id`` when one is named).
     """
     if signal_type not in SignalType.values:
         raise SignalRejected("signal_type", f"unknown {signal_type!r}; one of {', '.join(SignalType.values)}")
@@ -134,6 +138,7 @@ def signal_submit_once(
     if fleet_id is not None and not Fleet.objects.filter(id=fleet_id).exists():
         raise SignalRejected("fleet_id", f"no fleet {fleet_id!r}")
     planned = _planned_setpoints(setpoints_kw, power_kw)
+    selected = _selected_vehicles(vehicle_ids, fleet_id)
     if external_id:
         existing = _existing_submission(source, external_id)
         if existing:
@@ -150,6 +155,7 @@ def signal_submit_once(
                 fleet_id=fleet_id,
                 external_id=external_id,
                 setpoints_kw=planned,
+                vehicle_ids=selected,
             )
             dispatch = Dispatch.objects.create(signal=signal, round=0, target_kw=float(power_kw))
             _enqueue_allocate(dispatch.id)
@@ -180,6 +186,31 @@ def _planned_setpoints(setpoints_kw: Mapping[str, float] | None, power_kw: float
     if abs(sum(planned.values()) - power_kw) > POWER_EPSILON_KW:
         raise SignalRejected("power_kw", f"must be the sum of setpoints_kw, {sum(planned.values()):.3f}")
     return planned
+
+
+MAX_SELECTED_VEHICLES = 10_000
+
+
+def _selected_vehicles(vehicle_ids: Collection[str] | None, fleet_id: str | None) -> list[str] | None:
+    if vehicle_ids is None:
+        return None
+    if isinstance(vehicle_ids, str) or not isinstance(vehicle_ids, Collection):
+        raise SignalRejected("vehicle_ids", "must be a list of vehicle ids")
+    selected = sorted(set(vehicle_ids))
+    if not selected:
+        raise SignalRejected("vehicle_ids", "must name at least one vehicle")
+    if len(selected) > MAX_SELECTED_VEHICLES:
+        raise SignalRejected("vehicle_ids", f"at most {MAX_SELECTED_VEHICLES} vehicles")
+    if not all(isinstance(v, str) and v for v in selected):
+        raise SignalRejected("vehicle_ids", "must be a list of vehicle ids")
+    known = Vehicle.objects.filter(id__in=selected)
+    if fleet_id is not None:
+        known = known.filter(fleet_id=fleet_id)
+    unknown = set(selected) - set(known.values_list("id", flat=True))
+    if unknown:
+        where = f" in fleet {fleet_id!r}" if fleet_id is not None else ""
+        raise SignalRejected("vehicle_ids", f"no vehicle {', '.join(sorted(unknown)[:5])}{where}")
+    return selected
 
 
 def _existing_submission(source: str, external_id: str) -> tuple[FlexibilitySignal, Dispatch] | None:
@@ -241,6 +272,8 @@ def vehicle_states(
     vehicles = Vehicle.objects.active()
     if signal.fleet_id:
         vehicles = vehicles.filter(fleet_id=signal.fleet_id)
+    if signal.vehicle_ids is not None:
+        vehicles = vehicles.filter(id__in=signal.vehicle_ids)
     # Availability is computed by the database: no per-vehicle datetime to load.
     rows = vehicles.annotate(
         available=ExpressionWrapper(
@@ -403,6 +436,7 @@ def dispatch_allocate(dispatch_id: str | uuid.UUID) -> str:
             signal_type=signal.signal_type,
             power_kw=dispatch.target_kw,
             duration_s=max(1.0, (end - max(now, signal.start_at)).total_seconds()),
+            vehicle_ids=frozenset(signal.vehicle_ids) if signal.vehicle_ids is not None else None,
         )
         policy = policy_from_config(cfg.dispatch)
         states = vehicle_states(
@@ -925,6 +959,46 @@ def _fallback_open(dispatch: Dispatch, signal: FlexibilitySignal, now: datetime)
             "signal %s: %.1f kW not acknowledged, fallback round %d", signal.id, shortfall, fallback.round
         )
         _enqueue_allocate(fallback.id)
+
+
+class DispatchStateError(ValueError):
+    """An operator's request that the dispatch's state does not allow (the message says why)."""
+
+
+def dispatch_fallback_rerun(dispatch_id: str | uuid.UUID, *, now: datetime | None = None) -> Dispatch:
+    """Open one more fallback round for the power of the dispatch's signal that
+    is still not acknowledged, at an operator's request (the admin's action):
+    whatever ``dispatch.max_fallback_rounds`` allowed automatically, with the
+    configured fallback strategy. Refused (:class:`DispatchStateError`) while a
+    round of the signal is still under way, when nothing is missing, when the
+    signal is over or when the fallback strategy is ``noop``."""
+    now = now or timezone.now()
+    cfg = settings.V2G.dispatch
+    with transaction.atomic():
+        dispatch = Dispatch.objects.select_related("signal").filter(id=dispatch_id).first()
+        if dispatch is None:
+            raise DispatchStateError(f"no dispatch {dispatch_id}")
+        signal = FlexibilitySignal.objects.select_for_update().get(id=dispatch.signal_id)
+        rounds = list(signal.dispatches.order_by("round"))
+        if any(not r.is_final for r in rounds):
+            raise DispatchStateError(f"signal {signal}: a round is still under way, wait for it to finish")
+        if cfg.fallback == "noop":
+            raise DispatchStateError("the fallback strategy is noop (dispatch.fallback): nothing to re-run")
+        if _signal_end(signal) <= now + timedelta(seconds=1):
+            raise DispatchStateError(f"signal {signal} is over: its setpoints would be stale")
+        shortfall = round(signal.power_kw - signal_acknowledged_kw(signal.id), 3)
+        if abs(shortfall) <= POWER_EPSILON_KW or math.copysign(1, shortfall) != math.copysign(
+            1, signal.power_kw
+        ):
+            raise DispatchStateError(f"signal {signal}: everything is acknowledged, nothing to re-dispatch")
+        fallback = Dispatch.objects.create(signal=signal, round=rounds[-1].round + 1, target_kw=shortfall)
+        _enqueue_allocate(fallback.id)
+    log.info(
+        "signal %s: fallback round %d re-run by an operator for %.1f kW",
+        signal.id, fallback.round, shortfall,
+        extra={"dispatch_id": str(fallback.id), "signal_type": signal.signal_type},
+    )  # fmt: skip
+    return fallback
 
 
 # --- sweep ---------------------------------------------------------------------------

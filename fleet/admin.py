@@ -6,17 +6,20 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from fleet import services
+from fleet.admin_scope import FleetScopedAdmin, FleetScopedInline, fleet_ids
 from fleet.models import ApiToken, Fleet, Site, Vehicle
 
 
-class SiteInline(admin.TabularInline):
+class SiteInline(FleetScopedInline, admin.TabularInline):
     model = Site
     extra = 0
     fields = ("name", "grid_import_limit_kw", "grid_export_limit_kw")
 
 
 @admin.register(Fleet)
-class FleetAdmin(admin.ModelAdmin):
+class FleetAdmin(FleetScopedAdmin):
+    fleet_field = "id"
+    ordering = ("id",)  # Meta.ordering is dropped by the vehicle count's GROUP BY
     list_display = ("id", "name", "active", "vehicle_count", "updated_at")
     list_filter = ("active",)
     search_fields = ("id", "name")
@@ -25,21 +28,25 @@ class FleetAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_vehicles=Count("vehicles"))
 
+    def has_add_permission(self, request):
+        # A new fleet concerns every fleet's operators: all-fleet access only.
+        return fleet_ids(request) is None and super().has_add_permission(request)
+
     @admin.display(description="vehicles", ordering="_vehicles")
     def vehicle_count(self, obj: Fleet) -> int:
         return obj._vehicles
 
 
 @admin.register(Site)
-class SiteAdmin(admin.ModelAdmin):
+class SiteAdmin(FleetScopedAdmin):
     list_display = ("name", "fleet", "grid_import_limit_kw", "grid_export_limit_kw")
-    list_filter = ("fleet",)
+    list_filter = (("fleet", admin.RelatedOnlyFieldListFilter),)
     search_fields = ("name", "fleet__id")
     list_select_related = ("fleet",)
 
 
 @admin.register(Vehicle)
-class VehicleAdmin(admin.ModelAdmin):
+class VehicleAdmin(FleetScopedAdmin):
     list_display = (
         "id",
         "fleet",
@@ -55,10 +62,18 @@ class VehicleAdmin(admin.ModelAdmin):
         "priority",
         "active",
     )
-    list_filter = ("active", "is_v2g", "fleet", "site", "cluster", "segment")
+    list_filter = (
+        "active",
+        "is_v2g",
+        ("fleet", admin.RelatedOnlyFieldListFilter),
+        ("site", admin.RelatedOnlyFieldListFilter),
+        "cluster",
+        "segment",
+    )
     search_fields = ("id",)
     list_select_related = ("fleet", "site")
     list_per_page = 200
+    autocomplete_fields = ("fleet", "site")  # scoped: the Fleet and Site admins' querysets
     actions = ("activate", "deactivate")
     fieldsets = (
         (None, {"fields": ("id", "fleet", "site", "cluster", "segment", "active", "priority")}),
@@ -70,14 +85,18 @@ class VehicleAdmin(admin.ModelAdmin):
         # The id is in MQTT topics and logs: fixed once created.
         return ("id",) if obj else ()
 
-    @admin.action(description="Activate selected vehicles")
+    @admin.action(description="Activate selected vehicles", permissions=["change"])
     def activate(self, request, queryset):
-        count = queryset.update(active=True)
+        changed = queryset.filter(active=False)
+        self.log_bulk(request, changed, "Activated (bulk action)")
+        count = changed.update(active=True)
         self.message_user(request, f"{count} vehicle(s) activated.", messages.SUCCESS)
 
-    @admin.action(description="Deactivate selected vehicles (excluded from dispatch)")
+    @admin.action(description="Deactivate selected vehicles (excluded from dispatch)", permissions=["change"])
     def deactivate(self, request, queryset):
-        count = queryset.update(active=False)
+        changed = queryset.filter(active=True)
+        self.log_bulk(request, changed, "Deactivated (bulk action)")
+        count = changed.update(active=False)
         self.message_user(request, f"{count} vehicle(s) deactivated.", messages.SUCCESS)
 
 
@@ -86,9 +105,13 @@ class ApiTokenForm(forms.ModelForm):
         model = ApiToken
         fields = ("name", "all_fleets", "fleets", "expires_at")
 
+    limited_to: frozenset[str] | None = None  # set by the admin: the operator's fleets
+
     def clean(self):
         data = super().clean()
         fleets = data.get("fleets")
+        if data.get("all_fleets") and self.limited_to is not None:
+            self.add_error("all_fleets", "You may issue tokens for your own fleets only.")
         if data.get("all_fleets") and fleets:
             raise ValidationError("Choose either all fleets or some fleets, not both.")
         if not data.get("all_fleets") and not fleets and "fleets" not in self.errors:
@@ -103,8 +126,9 @@ READ_ONLY_TOKEN_FIELDS = ("key", "state", "created_by", "created_at", "last_used
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    """Issue API tokens (the plaintext is shown once, on creation) and revoke them."""
+class ApiTokenAdmin(FleetScopedAdmin):
+    """Issue API tokens (the plaintext is shown once, on creation) and revoke them.
+    An operator limited to some fleets sees and issues tokens of those fleets only."""
 
     form = ApiTokenForm
     list_display = ("name", "key", "scope", "state", "expires_at", "last_used_at", "created_by", "created_at")
@@ -114,7 +138,17 @@ class ApiTokenAdmin(admin.ModelAdmin):
     actions = ("revoke",)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("created_by").prefetch_related("fleets")
+        queryset = admin.ModelAdmin.get_queryset(self, request)
+        ids = fleet_ids(request)
+        if ids is not None:
+            # Only tokens that see nothing beyond the operator's fleets.
+            queryset = queryset.filter(all_fleets=False).exclude(fleets__in=Fleet.objects.exclude(id__in=ids))
+        return queryset.select_related("created_by").prefetch_related("fleets")
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.limited_to = fleet_ids(request)
+        return form
 
     def get_fields(self, request, obj=None):
         editable = ("name", "all_fleets", "fleets", "expires_at")
@@ -154,7 +188,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def state(self, obj: ApiToken) -> str:
         return obj.status(timezone.now())
 
-    @admin.action(description="Revoke selected API tokens")
+    @admin.action(description="Revoke selected API tokens", permissions=["change"])
     def revoke(self, request, queryset):
+        self.log_bulk(request, queryset.filter(revoked_at__isnull=True), "Revoked")
         count = services.api_token_revoke(token_ids=queryset.values_list("pk", flat=True))
         self.message_user(request, f"{count} API token(s) revoked.", messages.SUCCESS)

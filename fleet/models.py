@@ -196,3 +196,25 @@ class ApiToken(models.Model):
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
+
+
+class OperatorAccess(models.Model):
+    """Which fleets a console user (a staff user of the admin, or of the API by
+    session) may see and act on: the user's counterpart of an API token's
+    fleets. Superusers see every fleet; any other user sees only what this row
+    grants, and nothing without one (see fleet/access.py)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="fleet_access"
+    )
+    all_fleets = models.BooleanField(
+        default=False, help_text="Every fleet, present and future (else only the fleets chosen)."
+    )
+    fleets = models.ManyToManyField(Fleet, blank=True, related_name="operators")
+
+    class Meta:
+        verbose_name = "fleet access"
+        verbose_name_plural = "fleet access"
+
+    def __str__(self) -> str:
+        return f"fleet access of {self.user}"

@@ -11,6 +11,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from fleet.admin_scope import FleetScopedAdmin
 from scheduler import exports, selectors, services
 from scheduler.models import Plan, PlanEntry, PlanStatus
 
@@ -18,7 +19,8 @@ EXCLUDED_SHOWN = 50
 
 
 @admin.register(Plan)
-class PlanAdmin(admin.ModelAdmin):
+class PlanAdmin(FleetScopedAdmin):
+    # A plan for every fleet (no fleet) is seen by all-fleet operators only, as in the API.
     list_display = (
         "day",
         "version",
@@ -36,7 +38,7 @@ class PlanAdmin(admin.ModelAdmin):
         "decided_at",
     )
     list_display_links = ("day", "version")
-    list_filter = ("status", "source", "fleet")
+    list_filter = ("status", "source", ("fleet", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("fleet", "decided_by")
     date_hierarchy = "day"
     ordering = ("-day", "-version")
@@ -224,7 +226,9 @@ class PlanAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one plan to export.", messages.ERROR)
             return None
-        return self._download(queryset.get(), extension)
+        plan = queryset.get()
+        self.log_change(request, plan, f"Exported as {extension.upper()}")
+        return self._download(plan, extension)
 
     @admin.action(description="Export the selected plan as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
@@ -246,9 +250,10 @@ class PlanAdmin(admin.ModelAdmin):
     def export_view(self, request, plan_id, extension: str):
         if not self.has_view_permission(request):
             raise Http404
-        plan = Plan.objects.filter(pk=plan_id).first()
+        plan = self.get_queryset(request).filter(pk=plan_id).first()  # another fleet's: 404
         if plan is None or extension not in ("csv", "json"):
             raise Http404
+        self.log_change(request, plan, f"Exported as {extension.upper()}")
         return self._download(plan, extension)
 
     @staticmethod
@@ -262,9 +267,10 @@ class PlanAdmin(admin.ModelAdmin):
 
 
 @admin.register(PlanEntry)
-class PlanEntryAdmin(admin.ModelAdmin):
+class PlanEntryAdmin(FleetScopedAdmin):
     """A plan's entries, a page at a time (open them from a plan's page)."""
 
+    fleet_field = "plan__fleet_id"
     list_display = ("plan", "slot", "timeslot", "vehicle_id", "power_kw")
     list_select_related = ("plan",)
     search_fields = ("vehicle_id",)

@@ -82,13 +82,27 @@ def metric_value(client, name: str, **labels) -> float:
     )
 
 
+def operator(username: str, fleets=None, **fields):
+    """A staff user of the console with fleet access: every fleet (``fleets``
+    None) or those fleet ids; ``fields`` go to create_user."""
+    from django.contrib.auth import get_user_model
+
+    from fleet.models import OperatorAccess
+
+    fields.setdefault("is_staff", True)
+    fields.setdefault("password", "pw-operator-1")
+    user = get_user_model().objects.create_user(username, **fields)
+    access = OperatorAccess.objects.create(user=user, all_fleets=fleets is None)
+    if fleets is not None:
+        access.fleets.set(fleets)
+    return user
+
+
 @pytest.fixture
 def api(client, django_user_model):
-    """The Django test client, logged in as an operator: a staff user's session
-    (the API takes sessions of staff users only; integrators use tokens)."""
-    client.force_login(
-        django_user_model.objects.create_user("api-operator", password="pw-operator-1", is_staff=True)
-    )
+    """The Django test client, logged in as an operator of every fleet: a staff
+    user's session (the API takes sessions of staff users only; integrators use tokens)."""
+    client.force_login(operator("api-operator"))
     return client
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port, replace
+from tests.conftest import free_port, operator, replace
 
 
 def _assert_alive(client) -> None:
@@ -125,7 +125,7 @@ def test_api_root_needs_a_login_and_lists_the_registry(client, django_user_model
     response = client.get("/api/")
     assert response.status_code == 401
     assert response["WWW-Authenticate"].startswith("Bearer")
-    user = django_user_model.objects.create_user("operator", password="pw-operator-1", is_staff=True)
+    user = operator("operator")
     client.force_login(user)
     body = client.get("/api/", HTTP_ACCEPT="application/json").json()
     assert {"fleets", "vehicles"} <= set(body)

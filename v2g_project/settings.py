@@ -63,7 +63,7 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = V2G.web.hsts_preload
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.admin_apps.ConsoleAdminConfig",  # django.contrib.admin with the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "dispatch",
     "scheduler",
     "kpis",
+    "console",  # last: extends the other apps' admin screens
 ]
 
 MIDDLEWARE = [

@@ -3,6 +3,8 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from console.api import DashboardSummaryView
+from console.views import favicon
 from dispatch.api import DispatchLogView, DispatchViewSet, SignalViewSet, VehicleStatusView
 from fleet.api import FleetViewSet, VehicleViewSet
 from kpis.api import VehicleKpisView
@@ -19,9 +21,6 @@ router.register("dispatches", DispatchViewSet, basename="dispatch")
 # Unknown URLs under /api/ are a JSON 404 like the API's own (when DEBUG is off).
 handler404 = "v2g_project.api.not_found"
 
-admin.site.site_header = "v2g operator console"
-admin.site.site_title = "v2g"
-
 urlpatterns = [
     path("admin/", admin.site.urls),
     # Before the router: "status" is not a vehicle id.
@@ -30,6 +29,8 @@ urlpatterns = [
     # Before the router too: a vehicle id holds no "/" but may hold dots ("car.1").
     re_path(r"^api/vehicles/(?P<id>[^/]+)/kpis$", VehicleKpisView.as_view(), name="vehicle-kpis"),
     re_path(r"^api/vehicles/(?P<id>[^/]+)/kpis/$", VehicleKpisView.as_view(schema=None)),  # an alias
+    path("api/dashboard/summary", DashboardSummaryView.as_view(), name="dashboard-summary"),
+    path("api/dashboard/summary/", DashboardSummaryView.as_view(schema=None)),  # an alias
     path("api/dispatch/logs", DispatchLogView.as_view(), name="dispatch-log"),
     path("api/dispatch/logs/", DispatchLogView.as_view(schema=None)),  # an alias, not documented twice
     # Day-ahead plans; the .csv route first: "<date>" would also match "2025-03-30.csv".
@@ -44,6 +45,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api-auth/", include("rest_framework.urls")),
     path("metrics", metrics_view, name="metrics"),
+    path("favicon.ico", favicon, name="favicon"),
     path("healthz", healthz, name="healthz"),  # liveness: the process answers
     path("readyz", readyz, name="readyz"),  # readiness: database, Celery broker, MQTT broker
 ]

@@ -18,7 +18,7 @@ from dispatch.log import dispatch_log_write
 from dispatch.models import Dispatch, FlexibilitySignal
 from fleet import services
 from fleet.models import ApiToken, Fleet, Site, Vehicle
-from tests.conftest import ROOT, replace, subprocess_env
+from tests.conftest import ROOT, operator, replace, subprocess_env
 
 pytestmark = pytest.mark.django_db
 
@@ -194,8 +194,8 @@ def test_sessions_of_staff_users_only(client, world, django_user_model):
     assert response.status_code == 401
     assert "staff users only" in response.json()["detail"]
 
-    client.force_login(django_user_model.objects.create_user("ops", password="pw-ops-1", is_staff=True))
-    assert ids(client.get("/api/vehicles/")) == ["ev-lyon", "ev-paris"]  # every fleet
+    client.force_login(operator("ops"))
+    assert ids(client.get("/api/vehicles/")) == ["ev-lyon", "ev-paris"]  # an operator of every fleet
 
 
 def test_a_token_gives_no_admin_access(client, world):
@@ -398,7 +398,7 @@ def test_a_token_beyond_its_rate_gets_429_with_retry_after(client, world, settin
     assert second.get("/api/fleets/").status_code == 200  # per token
 
     # Staff sessions are not throttled.
-    client.force_login(django_user_model.objects.create_user("ops", password="pw-ops-1", is_staff=True))
+    client.force_login(operator("ops"))
     assert {client.get("/api/fleets/").status_code for _ in range(5)} == {200}
 
 

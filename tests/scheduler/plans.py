@@ -59,9 +59,15 @@ def vehicle(
 
 
 def stored_plan(
-    day: date, entries: dict[tuple[int, str], float], *, slot_minutes: int = 15, target_kw: float = 10.0
+    day: date,
+    entries: dict[tuple[int, str], float],
+    *,
+    slot_minutes: int = 15,
+    target_kw: float = 10.0,
+    fleet_id: str | None = None,
 ) -> Plan:
-    """A plan stored from a hand-made planner result: ``entries`` (slot, vehicle) -> kW."""
+    """A plan stored from a hand-made planner result: ``entries`` (slot, vehicle) -> kW,
+    for every fleet or for ``fleet_id``."""
     slot_starts = domain.day_slots(day, settings.V2G.scheduler.time_zone, slot_minutes)
     n = len(slot_starts)
     inp = domain.PlanInput(
@@ -80,4 +86,4 @@ def stored_plan(
         solve_s=0.25,
     )
     digest = hashlib.sha256(repr(sorted(entries.items())).encode() + day.isoformat().encode()).hexdigest()
-    return services.plan_store(day, inp, result, fleet_id=None, digest=digest).plan
+    return services.plan_store(day, inp, result, fleet_id=fleet_id, digest=digest).plan
