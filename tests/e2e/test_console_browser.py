@@ -155,7 +155,7 @@ def console(celery_worker, mqtt_bridge, tmp_path):
 
 
 def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(
-    console, monkeypatch, tmp_path, record_property
+    console, monkeypatch, tmp_path, record_testsuite_property
 ):
     from playwright.sync_api import expect, sync_playwright
 
@@ -297,7 +297,7 @@ def test_an_operator_runs_its_fleet_from_the_console_in_a_browser(
             shot(page, SCREENSHOT.name)
             shutil.copy(SCREENSHOT, tmp_path / SCREENSHOT.name)
             print(f"\ndashboard screenshot: {SCREENSHOT}")
-            record_property("screenshot", str(SCREENSHOT))  # in the JUnit XML of make e2e
+            record_testsuite_property("screenshot", str(SCREENSHOT))  # in the JUnit XML of make e2e (xunit2)
             assert page.evaluate("window.v2gDashboard.errors") == 0
         except Exception:
             failure = tmp_path / "console-failure.png"
