@@ -66,6 +66,9 @@ class VehicleState:
     max_discharge_kw: float = 7.4
     min_soc: float = 0.2  # the vehicle's own floor
     target_soc: float = 0.8
+    # The SoC below which, at the signal's end, charging at full power could no
+    # longer reach target_soc by the planned departure (departure_floor(); 0: none).
+    departure_floor: float = 0.0
     priority: int = 0
     committed: bool = False  # held by an in-force command of *another* signal
     participation: float = 0.0  # recent participation count; higher = used more
@@ -220,12 +223,27 @@ def _discharging(signal: SignalSpec) -> bool:
     return signal.power_kw >= 0
 
 
+CHARGE_EFFICIENCY = math.sqrt(0.87)  # one way (round trip ≈ 87 %, DOMAIN.md), as the planner
+
+
+def departure_floor(
+    *, target_soc: float, max_charge_kw: float, battery_kwh: float, hours_to_departure: float | None
+) -> float:
+    """The lowest SoC from which charging at full power still reaches ``target_soc``
+    after ``hours_to_departure`` (0 when no departure is known). Drivers' departure
+    targets are never given up for a grid signal (DOMAIN.md)."""
+    if hours_to_departure is None or battery_kwh <= 0:
+        return 0.0
+    rise_per_h = max(0.0, max_charge_kw) * CHARGE_EFFICIENCY / battery_kwh
+    return max(0.0, target_soc - rise_per_h * max(0.0, hours_to_departure))
+
+
 def soc_floor(v: VehicleState, policy: Policy) -> float:
     """The SoC a discharge must not go below: the highest of the vehicle's own
-    minimum, the fleet minimum and the safe-discharge floor when SoC constraints
-    are on, else the vehicle's own minimum."""
+    minimum, the fleet minimum, the safe-discharge floor and what its departure
+    needs when SoC constraints are on, else the vehicle's own minimum."""
     if policy.enable_soc_constraints:
-        return max(v.min_soc, policy.min_soc, policy.safe_discharge_floor)
+        return max(v.min_soc, policy.min_soc, policy.safe_discharge_floor, v.departure_floor)
     return v.min_soc
 
 

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -255,7 +256,9 @@ def policy_from_config(cfg: DispatchConfig) -> domain.Policy:
 VEHICLE_COLUMNS = (
     *("id", "segment", "is_v2g", "active", "battery_kwh", "max_charge_kw", "max_discharge_kw"),
     *("min_soc", "target_soc", "priority", "state__soc", "available"),
-    *("state__plugged_in", "state__reported_at", "departure_at"),  # for the availability forecast
+    # For the availability forecast and the departure SoC floor: the departure the vehicle
+    # reported with its latest state, else the registry's planned one.
+    *("state__plugged_in", "state__reported_at", "departs_at"),
 )
 
 
@@ -276,10 +279,11 @@ def vehicle_states(
         vehicles = vehicles.filter(id__in=signal.vehicle_ids)
     # Availability is computed by the database: no per-vehicle datetime to load.
     rows = vehicles.annotate(
+        departs_at=Coalesce("state__departure_at", "departure_at"),
         available=ExpressionWrapper(
             Q(state__plugged_in=True, state__online=True, state__received_at__gte=stale_before),
             output_field=BooleanField(),
-        )
+        ),
     ).values_list(*VEHICLE_COLUMNS)
     if with_history:
         rows = list(rows)
@@ -312,9 +316,17 @@ def vehicle_states(
         priority,
         soc,
         available,
-        *_,
+        _plugged_in,
+        _reported_at,
+        departs_at,
     ) in rows:
         total, acked = history.get(vid, (0, 0))
+        # A departure already past is stale information (the vehicle is still here): ignored.
+        hours_left = (
+            (departs_at - signal.valid_until).total_seconds() / 3600
+            if departs_at and departs_at > now
+            else None
+        )
         states.append(
             domain.VehicleState(
                 vehicle_id=vid,
@@ -328,6 +340,12 @@ def vehicle_states(
                 max_discharge_kw=discharge,
                 min_soc=min_soc,
                 target_soc=target,
+                departure_floor=domain.departure_floor(
+                    target_soc=target,
+                    max_charge_kw=charge,
+                    battery_kwh=battery,
+                    hours_to_departure=hours_left,
+                ),
                 priority=priority,
                 committed=vid in committed,
                 participation=float(total),

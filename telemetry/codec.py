@@ -20,6 +20,7 @@ class State:
     plugged_in: bool
     power_kw: float
     timestamp: datetime
+    departure_at: datetime | None = None  # the driver's next departure, when the vehicle reports it
 
 
 def state_decode(payload: dict, topic_vehicle: str | None) -> State:
@@ -39,7 +40,11 @@ def state_decode(payload: dict, topic_vehicle: str | None) -> State:
     power = finite(payload.get("power_kw", 0.0), "power_kw")
     if "timestamp" not in payload:
         raise PayloadError("timestamp is missing")
-    return State(vehicle_id, soc, plugged, power, iso_datetime(payload["timestamp"], "timestamp"))
+    departure = payload.get("departure_at")
+    return State(
+        vehicle_id, soc, plugged, power, iso_datetime(payload["timestamp"], "timestamp"),
+        departure_at=None if departure is None else iso_datetime(departure, "departure_at"),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,12 @@ class VehicleState(models.Model):
     online = models.BooleanField(default=True, help_text="False after the vehicle's Last Will.")
     reported_at = models.DateTimeField(help_text="The vehicle's own timestamp of this state.")
     received_at = models.DateTimeField(db_index=True, help_text="When the platform last heard from it.")
+    departure_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The next departure the vehicle reported with this state (it overrides the "
+        "registry's planned departure for dispatch); empty when it reported none.",
+    )
 
     class Meta:
         constraints = [

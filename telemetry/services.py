@@ -115,6 +115,7 @@ def states_record(messages: Sequence[Message], topic_filter: str, *, source: str
             VehicleState(
                 vehicle_id=vehicle_id, soc=state.soc, plugged_in=state.plugged_in, power_kw=state.power_kw,
                 online=True, reported_at=state.timestamp, received_at=message.received_at,
+                departure_at=state.departure_at,
             )
         )  # fmt: skip
     with transaction.atomic():
@@ -123,7 +124,15 @@ def states_record(messages: Sequence[Message], topic_filter: str, *, source: str
             rows,
             update_conflicts=True,
             unique_fields=["vehicle"],
-            update_fields=["soc", "plugged_in", "power_kw", "online", "reported_at", "received_at"],
+            update_fields=[
+                "soc",
+                "plugged_in",
+                "power_kw",
+                "online",
+                "reported_at",
+                "received_at",
+                "departure_at",
+            ],
             batch_size=1000,
         )
     STATES.labels("recorded").inc(len(rows))
@@ -170,19 +179,21 @@ def _states_write_postgresql(
             return 0
         cursor.execute(
             f"INSERT INTO {state_table} AS cur "  # noqa: S608 - our table names; values are parameters
-            "(vehicle_id, soc, plugged_in, power_kw, online, reported_at, received_at) "
-            "SELECT v, s, p, w, true, to_timestamp(r), to_timestamp(c) FROM unnest("
-            "%s::text[], %s::float8[], %s::bool[], %s::float8[], %s::float8[], %s::float8[]) "
-            "AS t(v, s, p, w, r, c) "
+            "(vehicle_id, soc, plugged_in, power_kw, online, reported_at, received_at, departure_at) "
+            "SELECT v, s, p, w, true, to_timestamp(r), to_timestamp(c), to_timestamp(d) FROM unnest("
+            "%s::text[], %s::float8[], %s::bool[], %s::float8[], %s::float8[], %s::float8[], %s::float8[]) "
+            "AS t(v, s, p, w, r, c, d) "
             "ON CONFLICT (vehicle_id) DO UPDATE SET soc = EXCLUDED.soc, plugged_in = EXCLUDED.plugged_in, "
             "power_kw = EXCLUDED.power_kw, online = true, reported_at = EXCLUDED.reported_at, "
-            "received_at = EXCLUDED.received_at WHERE cur.reported_at <= EXCLUDED.reported_at "
+            "received_at = EXCLUDED.received_at, departure_at = EXCLUDED.departure_at "
+            "WHERE cur.reported_at <= EXCLUDED.reported_at "
             "RETURNING cur.vehicle_id",
             [
                 [st.vehicle_id for st, _m in latest], [st.soc for st, _m in latest],
                 [st.plugged_in for st, _m in latest], [st.power_kw for st, _m in latest],
                 [st.timestamp.timestamp() for st, _m in latest],
                 [m.received_at.timestamp() for _s, m in latest],
+                [st.departure_at.timestamp() if st.departure_at else None for st, _m in latest],
             ],
         )  # fmt: skip
         return len(cursor.fetchall())
