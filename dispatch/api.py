@@ -87,7 +87,7 @@ class SignalViewSet(viewsets.ViewSet):
             )
         ],
     )
-    def create(self, request):
+    def create(self, request, format=None):  # format: the router's .json suffix
         incoming = SignalCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         # Before the fleet is looked up: a scoped token learns nothing of other fleets.
@@ -119,7 +119,7 @@ class DispatchViewSet(viewsets.ViewSet):
         ],
         responses={200: DispatchDetailSerializer},
     )
-    def retrieve(self, request, pk=None):
+    def retrieve(self, request, pk=None, format=None):  # format: the router's .json suffix
         try:
             dispatch_id = uuid.UUID(str(pk))
         except ValueError:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.views import defaults
 from rest_framework import pagination, parsers
-from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.exceptions import NotFound, ParseError, ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
 
 API_PREFIX = "/api/"
 DIGITS = re.compile(r"[0-9]{1,19}")  # not int()'s "+5", " 5", "1_0" or non-ASCII digits
@@ -59,6 +62,39 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
         return parameters
 
 
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler400: what Django refuses before a view can (a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE, too many form fields or files) is, under
+    /api/, JSON naming the limit: 413 for a body too large, else 400."""
+    if not request.path.startswith(API_PREFIX):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        detail = f"the request body is larger than the limit of {limit} bytes"
+        return JsonResponse({"detail": detail}, status=413)
+    if isinstance(exception, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return JsonResponse({"detail": f"more than {limit} fields in the request"}, status=400)
+    if isinstance(exception, TooManyFilesSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return JsonResponse({"detail": f"more than {limit} files in the request"}, status=400)
+    # Other SuspiciousOperations (a disallowed Host header...) are refused without detail.
+    return JsonResponse({"detail": "bad request"}, status=400)
+
+
+class ContentNegotiation(DefaultContentNegotiation):
+    """DRF's negotiation, but an unknown ``?format=`` or ``.<format>`` suffix
+    is a 404 naming the format and the ones there are, not a bare "Not found."."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except Http404:
+            asked = format_suffix or request.query_params.get(self.settings.URL_FORMAT_OVERRIDE)
+            known = ", ".join(dict.fromkeys(renderer.format for renderer in renderers))
+            raise NotFound(f"no format {str(asked)[:40]!r} here; formats: {known}") from None
+
+
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """handler404: JSON under /api/ (as DRF's own 404s), Django's page elsewhere."""
     if request.path.startswith(API_PREFIX):
@@ -92,9 +128,33 @@ def nul_path(data, path: str = "") -> str | None:
     return None
 
 
+# No body of this API nests more than a few levels; a deeper one is refused
+# before anything walks it (a few thousand "[" overflow json's recursion: a 500).
+MAX_BODY_DEPTH = 32
+
+
+def too_deep(data, limit: int = MAX_BODY_DEPTH) -> bool:
+    """Whether parsed input nests lists or mappings more than ``limit`` deep (iterative)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping | list | tuple):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, Mapping) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class _RefuseNul:
     def parse(self, stream, media_type=None, parser_context=None):
-        parsed = super().parse(stream, media_type, parser_context)
+        deep = ParseError(f"the body nests lists or objects more than {MAX_BODY_DEPTH} levels deep")
+        try:
+            parsed = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise deep from None
+        if too_deep(getattr(parsed, "data", parsed)):
+            raise deep
         where = nul_path(getattr(parsed, "data", parsed))
         if where is not None:
             raise ParseError(f"a NUL character (U+0000) in the body, at {where or 'the top level'}")

@@ -92,12 +92,15 @@ class KeysetPagination(CursorPagination):
         """The cursor's values as the model fields read them (a malformed one is a 400)."""
         meta = queryset.model._meta
         try:
-            return [
+            key = [
                 meta.get_field(name.lstrip("-")).to_python(value)
                 for name, value in zip(self.ordering, position, strict=True)
             ]
         except (DjangoValidationError, TypeError, ValueError):
             raise self._bad_cursor() from None
+        if None in key:  # no ordering field is nullable; "(at, id) < (NULL, NULL)" matches nothing
+            raise self._bad_cursor()
+        return key
 
     def encode_position(self, position: list, reverse: bool = False) -> str:
         tokens = {"p": json.dumps(position, separators=(",", ":"))}

@@ -181,6 +181,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["fleet.auth.TokenRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "v2g_project.api.LimitOffsetPagination",  # strict, bounded
+    # An unknown ?format= is a 404 naming it (v2g_project/api.py).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "v2g_project.api.ContentNegotiation",
     "PAGE_SIZE": 100,
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",

@@ -20,6 +20,8 @@ router.register("dispatches", DispatchViewSet, basename="dispatch")
 
 # Unknown URLs under /api/ are a JSON 404 like the API's own (when DEBUG is off).
 handler404 = "v2g_project.api.not_found"
+# A body over the upload limit (and the like) is a JSON 413/400 naming the limit under /api/.
+handler400 = "v2g_project.api.bad_request"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
