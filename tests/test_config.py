@@ -7,6 +7,8 @@ environment mapping; os.environ is never read or patched.
 from __future__ import annotations
 
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from v2g_project.config import Config, ConfigError, load_config, resolve_path
+from v2g_project.config import SIGNAL_TYPES, Config, ConfigError, load_config, resolve_path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
@@ -849,3 +851,192 @@ def test_csrf_trusted_origins_accept_a_subdomain_wildcard(tmp_path):
     config = load(tmp_path, env={"K_WEB__CSRF_TRUSTED_ORIGINS": ",".join(origins)})
 
     assert config.web.csrf_trusted_origins == origins
+
+
+# --- every key, a bad value: start-up stops naming it ------------------------------
+#
+# The key list comes from the schema itself (and config.example.yaml documents
+# exactly those keys, see above): a key added to v2g_project/config.py is
+# tested here without being listed.
+
+WRONG_TYPE = {"a": ["mapping"]}  # what no scalar or list key accepts
+
+
+def schema_leaves() -> dict[str, Any]:
+    """Every leaf key of the configuration, dotted as in config.yaml, with its
+    field (a pydantic FieldInfo, or the value type of a mapping's entry)."""
+    from pydantic import BaseModel
+
+    leaves: dict[str, Any] = {}
+
+    def walk(model: type[BaseModel], default: BaseModel, prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            key = f"{prefix}{info.alias or name}"
+            value = getattr(default, name)
+            if isinstance(value, BaseModel):
+                walk(type(value), value, key + ".")
+            elif isinstance(value, dict) and value:
+                value_type = typing.get_args(info.annotation)[1]
+                for entry in value:
+                    leaves[f"{key}.{entry}"] = value_type
+            else:
+                leaves[key] = info
+
+    walk(Config, Config(), "")
+    return leaves
+
+
+def bad_strings(field: Any) -> list[str]:
+    """Values, as an environment variable gives them, that the field must refuse."""
+    from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
+    from pydantic.fields import FieldInfo
+
+    annotation, metadata = (field.annotation, field.metadata) if isinstance(field, FieldInfo) else (field, [])
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation, *more = typing.get_args(annotation)
+        metadata = [*metadata, *(m for extra in more for m in getattr(extra, "metadata", [extra]))]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        inner = bad_strings(typing.get_args(annotation)[0])
+        return ["[unclosed", *inner[:1]]
+    if origin is dict:
+        return ["not-a-mapping"]
+    values = []
+    if origin is typing.Literal:
+        values.append("no-such-choice")
+    elif annotation is bool:
+        values.append("maybe")
+    elif annotation in (int, float):
+        values.append("not-a-number")
+        if annotation is int:
+            values.append("1.5")
+    for constraint in metadata:
+        if isinstance(constraint, Ge):
+            values.append(str(constraint.ge - 1))
+        elif isinstance(constraint, Gt):
+            values.append(str(constraint.gt))
+        elif isinstance(constraint, Le):
+            values.append(str(constraint.le + 1))
+        elif isinstance(constraint, Lt):
+            values.append(str(constraint.lt))
+        elif isinstance(constraint, MinLen) and constraint.min_length > 0:
+            values.append("")
+        elif isinstance(constraint, MaxLen):
+            values.append("x" * (constraint.max_length + 1))
+        elif getattr(constraint, "pattern", None):
+            values.append("not valid!/")
+    return values
+
+
+# Strings whose validity a validator decides, not the type: a value each refuses.
+VALIDATED_STRINGS = {
+    "mqtt.url": "http://broker.example",
+    "mqtt.command_topic": "vehicle/command",
+    "telemetry.request_topic": "v2g/#",
+    "telemetry.response_topic_prefix": "v2g/+/response",
+    "telemetry.state_topic_prefix": "v2g/state/",
+    "telemetry.discovery_topic": "",
+    "telemetry.discovery_response_prefix": "v2g/#",
+    "telemetry.lwt_topic_prefix": "v2g/+",
+    "rte.token_url": "ftp://rte.example/token",
+    "rte.api_url": "not a url",
+    "rte.mock.address": "no-port",
+    "scheduler.time_zone": "Mars/Olympus_Mons",
+    "scheduler.run_at": "25:00",
+    "scheduler.slot_duration_minutes": "20",
+    "api.static_token": "short",
+    "api.throttle_rate": "10/fortnight",
+    # Were accepted, then a traceback at start-up (database, Sentry) or a failure at
+    # the first connection (broker), naming no key.
+    "database.url": "postgres://v2g:pw@db.example:port/v2g",
+    "celery.broker_url": "redis-ish://127.0.0.1:6379/0",
+    "sentry.dsn": "https://sentry.example/42",
+}
+LEAVES = schema_leaves()
+ENV_CASES = [
+    (key, value)
+    for key, field in LEAVES.items()
+    for value in ([VALIDATED_STRINGS[key]] if key in VALIDATED_STRINGS else []) + bad_strings(field)
+]
+
+
+def env_var(key: str) -> str:
+    return "K_" + "__".join(
+        part if "." in key and part in SIGNAL_TYPES else part.upper() for part in key.split(".")
+    )
+
+
+@pytest.mark.parametrize("key", sorted(LEAVES))
+def test_a_value_of_the_wrong_type_in_the_file_names_the_key(tmp_path, key):
+    *sections, name = key.split(".")
+    default = Config().model_dump(by_alias=True)
+    for section in sections:
+        default = default[section]
+    wrong = "a string" if isinstance(default[name], dict) else WRONG_TYPE
+    tree: dict = {name: wrong}
+    for section in reversed(sections):
+        tree = {section: tree}
+
+    message = error_of(tmp_path, yaml.safe_dump(tree))
+
+    assert f"\n  {key}" in message and "(in " in message, message
+
+
+@pytest.mark.parametrize(("key", "value"), ENV_CASES, ids=[f"{k}={v[:20]!r}" for k, v in ENV_CASES])
+def test_a_bad_environment_value_names_the_key_and_the_variable(tmp_path, key, value):
+    var = env_var(key)
+
+    message = error_of(tmp_path, env={var: value})
+
+    assert f"  {key}" in message and var in message, message
+
+
+def test_every_key_refuses_some_value_from_the_environment():
+    """The keys without a value to refuse are plain text (names, paths, topics
+    of the platform's own): anything is valid there but the wrong type, which
+    only a file can give (tested above)."""
+    from pydantic.fields import FieldInfo
+
+    untested = {key for key in LEAVES if key not in {k for k, _ in ENV_CASES}}
+    assert all(
+        isinstance(LEAVES[k], FieldInfo) and LEAVES[k].annotation in (str, SecretStr) for k in untested
+    )
+    assert len(ENV_CASES) > len(LEAVES)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"file": "telemetry:\n  interval_seconds: [60]\n"}, "telemetry.interval_seconds (in "),
+        (
+            {"DATABASE_URL": "postgres://v2g:pw@db.example:port/v2g"},
+            "database.url (from environment DATABASE_URL)",
+        ),
+    ],
+    ids=["file", "environment"],
+)
+def test_a_real_start_up_stops_with_exit_code_2_naming_the_key(tmp_path, given, expected):
+    """What the processes do with the loader's error: manage.py (like celery and
+    the bridge, through the same settings) prints it and exits 2, no traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    env = subprocess_env(DATABASE_URL="", CELERY_BROKER_URL="", V2G_CONFIG="")
+    args = []
+    if "file" in given:
+        args = ["-c", str(write(tmp_path, given["file"]))]
+    else:
+        env.update(given)
+    run = subprocess.run(
+        [sys.executable, "manage.py", *args, "check"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert run.returncode == 2, run.stderr
+    assert expected in run.stderr
+    assert "Traceback" not in run.stderr and "pw@" not in run.stderr

@@ -21,7 +21,9 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import dj_database_url
 import yaml
+from kombu.transport import TRANSPORT_ALIASES
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -365,6 +367,30 @@ class SentryConfig(Section):
     traces_sample_rate: Fraction = 0.0
     release: str = ""
 
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: SecretStr) -> SecretStr:
+        # What sentry_sdk.utils.Dsn accepts, checked here so that a bad DSN stops
+        # start-up naming the key instead of raising BadDsn from sentry_sdk.init
+        # (and without importing the SDK while Sentry is off).
+        dsn = value.get_secret_value()
+        if not dsn:
+            return value
+        parts = urlsplit(dsn)
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+            project_ok = parts.path.rsplit("/", 1)[-1].isdigit()
+        except ValueError:
+            project_ok = False
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or not parts.username
+            or not project_ok
+        ):
+            raise ValueError("not a Sentry DSN: expected https://<public key>@<host>/<project number>")
+        return value
+
 
 # --- platform sections (not in SPEC §13, needed to run) ---------------------
 
@@ -374,6 +400,25 @@ class DatabaseConfig(Section):
     url: SecretStr = SecretStr("")
     sqlite_path: str = "var/v2g.sqlite3"
     conn_max_age_s: Annotated[int, Field(ge=0, le=3600)] = 60
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        # The parse settings does, here: a bad URL names the key, not a traceback
+        # of dj_database_url (the message never holds the URL: it has a password).
+        url = value.get_secret_value()
+        if url:
+            try:
+                dj_database_url.parse(url)
+            except (ValueError, TypeError) as exc:  # its UnknownSchemeError and ParseError are ValueErrors
+                raise ValueError(
+                    f"not a database URL ({type(exc).__name__}): expected e.g. "
+                    "postgres://user:password@host:5432/name or sqlite:////path/to/file"
+                ) from None
+        return value
+
+
+BROKER_TRANSPORTS = frozenset(name.lower() for name in TRANSPORT_ALIASES)
 
 
 class CeleryConfig(Section):
@@ -388,6 +433,21 @@ class CeleryConfig(Section):
     visibility_timeout_s: PositiveInt = 3600
     # Touched by Beat at every tick (v2g_project.beat); empty: none.
     beat_heartbeat_file: str = "var/run/beat.alive"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: SecretStr) -> SecretStr:
+        # kombu only fails on the first connection (a worker retrying for ever, a
+        # web process failing each signal); refuse an unknown transport at start-up.
+        # Several URLs separated by ";" are kombu's failover list.
+        for url in value.get_secret_value().split(";"):
+            scheme = url.partition("://")[0].partition("+")[0].lower()
+            if "://" not in url or scheme not in BROKER_TRANSPORTS:
+                raise ValueError(
+                    "not a Celery broker URL: expected redis://[:password@]host:port/db "
+                    f"(or another kombu transport: {', '.join(sorted(BROKER_TRANSPORTS))})"
+                )
+        return value
 
     @model_validator(mode="after")
     def _limits(self) -> CeleryConfig:
