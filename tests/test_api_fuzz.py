@@ -37,6 +37,7 @@ from dispatch.log import dispatch_log_write
 from dispatch.models import Command, CommandStatus, Dispatch, DispatchStatus, FlexibilitySignal
 from fleet.models import ApiToken, Fleet, Site, Vehicle
 from telemetry.models import VehicleState
+from tests.api_routes import operations
 from tests.conftest import ROOT, database_url, free_port, stop_process, subprocess_env, wait_for
 
 # Per operation, in the fuzzing phase; operations with a request body get 3 times more.
@@ -241,3 +242,8 @@ def test_api_fuzz(api_server, fuzz_credentials, registry, tmp_path):
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     print(run.stdout, f"\nschemathesis ran {time.monotonic() - started:.1f} s")
     assert run.returncode == 0, run.stdout + run.stderr
+    # Every operation of the schema was fuzzed, none filtered out or skipped (the
+    # schema holds every /api/ route: tests/test_api_bad_input.py).
+    count = len(operations())
+    if not os.environ.get("V2G_FUZZ_ARGS"):
+        assert f"Selected: {count}/{count}" in run.stdout and f"Tested: {count}\n" in run.stdout, run.stdout
