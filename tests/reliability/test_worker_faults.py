@@ -1,0 +1,189 @@
+"""Reliability under Celery-side faults (issue 13): a worker killed or stopped
+mid-fan-out, Redis restarted mid-dispatch, two Beats started by mistake.
+
+Real processes on servers of the test's own (tests/reliability/harness.py):
+a redis-server and a mosquitto it may restart, the Celery worker, the MQTT
+bridge, Beat and the fleet simulator. A ledger records every command and ack
+on the wire; at the end every command must be final, none acked on the wire
+lost in the database, nothing applied twice (RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from dispatch.models import OPEN_COMMAND, Command, Dispatch
+from dispatch.services import signal_acknowledged_kw
+from fleet.models import Fleet, Vehicle
+from telemetry.models import VehicleState
+from tests.conftest import start_bridge, start_worker, stop_process, wait_for
+from tests.reliability.harness import (
+    Ledger,
+    MosquittoServer,
+    RedisServer,
+    celery_client_on,
+    kill_tree,
+    process_tree,
+    start_beat,
+    start_simulator,
+    worker_ready_by_log,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+ACK_TIMEOUT_S = "3"
+
+
+class FaultStack:
+    """Servers of the test's own, the platform processes on them, and the ledger."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.redis = RedisServer(workdir)
+        self.mosquitto = MosquittoServer(workdir)
+        self.redis.start()
+        self.mosquitto.start()
+        self.procs: list = []
+        self.ledger = Ledger(self.mosquitto.url).start()
+        self.env = {
+            "CELERY_BROKER_URL": self.redis.url,
+            "K_MQTT__URL": self.mosquitto.url,
+            "K_DISPATCH__ACK_TIMEOUT_SECONDS": ACK_TIMEOUT_S,
+            "K_DISPATCH__DEFAULT_STRATEGY": "equal",
+            "K_DISPATCH__SWEEP_GRACE_SECONDS": "1",
+        }
+
+    def worker(self, concurrency: int = 2, name: str = "worker") -> tuple:
+        log = self.dir / f"{name}.log"
+        since = log.stat().st_size if log.exists() else 0
+        proc = start_worker(log, settings.CELERY_TASK_DEFAULT_QUEUE, concurrency, **self.env)
+        self.procs.append(proc)
+        worker_ready_by_log(proc, log, since)
+        return proc, log
+
+    def bridge(self):
+        self.procs.append(start_bridge(self.dir / "bridge.log", **self.env))
+        return self.procs[-1]
+
+    def beat(self, name: str = "beat"):
+        self.procs.append(start_beat(self.dir / f"{name}.log", self.dir, **self.env))
+        return self.procs[-1]
+
+    def simulator(self, prefix: str, count: int, **options: str):
+        proc = start_simulator(
+            self.dir / "simulator.log", mqtt_url=self.mosquitto.url, prefix=prefix, count=count, **options
+        )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        self.ledger.stop()
+        for proc in self.procs:
+            if proc.poll() is None:
+                kill_tree(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            stop_process(proc, 15)
+        self.mosquitto.stop()
+        self.redis.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def faults(tmp_path):
+    from django_celery_beat.models import PeriodicTask
+
+    # Only the schedules a test declares (a flushed test database has none anyway).
+    PeriodicTask.objects.all().delete()
+    stack = FaultStack(tmp_path)
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+def fleet_create(count: int) -> tuple[str, str]:
+    """``count`` available V2G vehicles (fresh, plugged-in state): (fleet id, id prefix)."""
+    prefix = f"rel{secrets.token_hex(2)}-"
+    fleet = Fleet.objects.create(id=prefix.rstrip("-"), name="Reliability fleet")
+    ids = [f"{prefix}{n:04d}" for n in range(count)]
+    Vehicle.objects.bulk_create(
+        [Vehicle(id=vid, fleet=fleet, battery_kwh=60, max_charge_kw=11, max_discharge_kw=11) for vid in ids]
+    )
+    now = timezone.now()
+    VehicleState.objects.bulk_create(
+        [
+            VehicleState(vehicle_id=vid, soc=0.8, plugged_in=True, reported_at=now, received_at=now)
+            for vid in ids
+        ]
+    )
+    return fleet.id, prefix
+
+
+def every(task: str, seconds: int, **fields) -> None:
+    """A django-celery-beat schedule of ``task`` every ``seconds``."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period="seconds")
+    PeriodicTask.objects.create(name=f"test: {task}", task=task, interval=interval, **fields)
+
+
+def submit(stack: FaultStack, fleet_id: str, count: int):
+    from dispatch import services
+
+    with celery_client_on(stack.redis.url):
+        signal_, _dispatch = services.signal_submit(
+            signal_type="FCR", power_kw=5.0 * count, duration_s=120, fleet_id=fleet_id
+        )
+    return signal_
+
+
+def settled(signal_id) -> bool:
+    rounds = Dispatch.objects.filter(signal_id=signal_id)
+    return (
+        rounds.exists()
+        and not rounds.filter(finished_at__isnull=True).exists()
+        and not Command.objects.filter(dispatch__signal_id=signal_id, status__in=OPEN_COMMAND).exists()
+    )
+
+
+# --- 1. a worker killed with SIGKILL mid fan-out -----------------------------------------
+
+
+@pytest.mark.parametrize("victim", ["pool child", "whole worker"])
+def test_worker_killed_mid_fanout_every_command_ends_final(faults, victim):
+    """2,000 vehicles. "pool child": the process running the first publish batch
+    is killed (an OOM kill): acks_late + reject_on_worker_lost put the batch
+    back at once and the redelivered run re-sends what it had claimed.
+    "whole worker": the worker and its children are killed (the container is
+    killed): what it held stays unacked in Redis, and the sweep (Beat, every
+    second here) finishes the round and re-dispatches its power."""
+    count = 2000
+    fleet_id, prefix = fleet_create(count)
+    every("dispatch.sweep", 1)
+    faults.bridge()
+    faults.simulator(prefix, count)
+    faults.beat()
+    worker, log = faults.worker(concurrency=1)
+    if victim == "pool child":
+        children = [pid for pid in process_tree(worker.pid) if pid != worker.pid]
+        assert len(children) == 1, "one pool process expected"
+        faults.ledger.on_first_command = lambda: kill_tree(children[0])
+    else:
+        faults.ledger.on_first_command = lambda: kill_tree(worker.pid)
+    signal_ = submit(faults, fleet_id, count)
+    assert faults.ledger.first_command.wait(30), "no command published"
+    if victim == "whole worker":
+        worker.wait(10)
+        faults.worker(concurrency=1, name="worker-2")
+    wait_for(lambda: settled(signal_.id), 90, "every round of the signal to be final", interval_s=0.5)
+    summary = faults.ledger.check([signal_.id], label=f"SIGKILL {victim}")
+    assert summary["commands_in_db"] >= count
+    # The power of the commands the dead worker never sent went to fallback,
+    # those vehicles included: most of the signal is delivered all the same.
+    assert signal_acknowledged_kw(signal_.id) >= 0.5 * signal_.power_kw, summary
+    if victim == "pool child":
+        assert "WorkerLostError" in log.read_text(), "the pool process was not killed while running a task"
