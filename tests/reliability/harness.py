@@ -181,10 +181,9 @@ def celery_client_on(broker_url: str):
     from v2g_project.celery import app
 
     def forget_connections() -> None:
-        # The connection and producer pools hold connections to the previous broker.
-        if app._pool is not None:
-            app._pool.force_close_all()
-            app._pool = None
+        # The app's connection and producer pools are bound to the previous broker
+        # (not closed: kombu keeps producer pools by broker URL and would hand a closed one back).
+        app._pool = None
         app.amqp._producer_pool = None
 
     # broker_write_url: broker_url is shadowed by Django's CELERY_BROKER_URL.

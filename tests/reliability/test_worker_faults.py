@@ -76,7 +76,11 @@ class FaultStack:
 
     def simulator(self, prefix: str, count: int, **options: str):
         proc = start_simulator(
-            self.dir / "simulator.log", mqtt_url=self.mosquitto.url, prefix=prefix, count=count, **options
+            self.dir / f"simulator-{prefix.rstrip('-')}.log",
+            mqtt_url=self.mosquitto.url,
+            prefix=prefix,
+            count=count,
+            **options,
         )
         self.procs.append(proc)
         return proc
@@ -187,3 +191,59 @@ def test_worker_killed_mid_fanout_every_command_ends_final(faults, victim):
     assert signal_acknowledged_kw(signal_.id) >= 0.5 * signal_.power_kw, summary
     if victim == "pool child":
         assert "WorkerLostError" in log.read_text(), "the pool process was not killed while running a task"
+
+
+# --- 2. the worker stopped gracefully (SIGTERM) mid fan-out, then restarted -----------------
+
+
+def test_worker_warm_shutdown_mid_fanout_then_restart(faults):
+    """SIGTERM is Celery's warm shutdown: the running task finishes, the tasks the
+    worker had reserved (the other publish batch, the collector) go back to
+    Redis, and the restarted worker carries on with them."""
+    count = 1000  # two publish batches
+    fleet_id, prefix = fleet_create(count)
+    every("dispatch.sweep", 1)
+    faults.bridge()
+    faults.simulator(prefix, count)
+    faults.beat()
+    worker, log = faults.worker(concurrency=1)
+    faults.ledger.on_first_command = lambda: worker.send_signal(signal.SIGTERM)
+    signal_ = submit(faults, fleet_id, count)
+    assert faults.ledger.first_command.wait(30), "no command published"
+    assert worker.wait(30) == 0, "the warm shutdown did not end cleanly"
+    # The reserved tasks (the other batch, the collector) went back to Redis.
+    assert "Restoring" in log.read_text()
+    faults.worker(concurrency=1, name="worker-2")
+    wait_for(lambda: settled(signal_.id), 60, "every round of the signal to be final", interval_s=0.5)
+    summary = faults.ledger.check([signal_.id], label="SIGTERM")
+    assert signal_acknowledged_kw(signal_.id) >= 0.5 * signal_.power_kw, summary
+
+
+# --- 3. Redis restarted mid-dispatch -----------------------------------------------------
+
+
+def test_redis_restart_mid_dispatch_workers_resume(faults):
+    """The broker goes away for a second in the middle of a fan-out: the worker,
+    Beat and the test's own client reconnect, the dispatch ends, and a signal
+    sent after the restart is dispatched too (nothing stuck)."""
+    count = 1000
+    fleet_id, prefix = fleet_create(count)
+    every("dispatch.sweep", 1)
+    faults.bridge()
+    faults.simulator(prefix, count)
+    beat = faults.beat()
+    worker, log = faults.worker(concurrency=2)
+    signal_ = submit(faults, fleet_id, count)
+    assert faults.ledger.first_command.wait(30), "no command published"
+    faults.redis.restart(down_s=1.0)
+    wait_for(lambda: settled(signal_.id), 60, "every round of the signal to be final", interval_s=0.5)
+    # Consuming again: a new signal (fresh vehicles' commitments expire with the first one's,
+    # so a second fleet takes it).
+    fleet2, prefix2 = fleet_create(200)
+    faults.simulator(prefix2, 200)
+    after = submit(faults, fleet2, 200)
+    wait_for(lambda: settled(after.id), 60, "the signal sent after the restart to be final", interval_s=0.5)
+    summary = faults.ledger.check([signal_.id, after.id], label="Redis restart")
+    assert signal_acknowledged_kw(after.id) >= 0.5 * after.power_kw, summary
+    assert worker.poll() is None, f"the worker died: {log.read_text()[-3000:]}"
+    assert beat.poll() is None, "Beat died"
