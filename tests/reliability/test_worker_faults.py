@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import secrets
 import signal
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,82 @@ def test_redis_restart_mid_dispatch_workers_resume(faults):
     assert signal_acknowledged_kw(after.id) >= 0.5 * after.power_kw, summary
     assert worker.poll() is None, f"the worker died: {log.read_text()[-3000:]}"
     assert beat.poll() is None, "Beat died"
+
+
+# --- 4. two Beats started by mistake ----------------------------------------------------
+
+
+def test_two_beats_periodic_jobs_stay_idempotent(faults):
+    """Two `celery beat` processes on one Redis and one database send every
+    periodic job twice: the sweep (re-enqueuing a lost allocation), the
+    telemetry pull round, the D+1 plan and the KPI recomputation. Each takes
+    effect once: one allocation, at most one pull round per Beat slot, one
+    plan per set of inputs, KPIs equal to a single recomputation; no task fails."""
+    from dispatch.models import Dispatch, FlexibilitySignal
+    from kpis import services as kpi_services
+    from kpis.models import VehicleDayKpi
+    from scheduler.models import Plan
+    from telemetry.models import TelemetryPoll
+
+    count, interval_s = 20, 2
+    fleet_id, prefix = fleet_create(count)
+    faults.env.update(K_TELEMETRY__MODE="pull", K_TELEMETRY__INTERVAL_SECONDS=str(interval_s),
+                      K_TELEMETRY__TIMEOUT_SECONDS="1")  # fmt: skip
+    every("dispatch.sweep", 1)
+    every("telemetry.poll", interval_s)
+    every("scheduler.plan_next_day", interval_s)
+    every("kpis.recompute_recent", interval_s, kwargs='{"days_back": 0}')
+    # A signal whose allocation task was lost (its worker died): the sweeps must re-enqueue it.
+    now = timezone.now()
+    lost = FlexibilitySignal.objects.create(
+        signal_type="FCR", power_kw=5.0 * count, start_at=now, duration_s=300,
+        valid_until=now + timedelta(seconds=300), source="api", fleet_id=fleet_id,
+    )  # fmt: skip
+    Dispatch.objects.create(signal=lost, round=0, target_kw=lost.power_kw)
+    Dispatch.objects.filter(signal=lost).update(created_at=now - timedelta(seconds=60))
+    faults.bridge()
+    faults.simulator(prefix, count)
+    _worker, worker_log = faults.worker(concurrency=2)
+    beats = [faults.beat("beat-1"), faults.beat("beat-2")]
+    started = time.monotonic()
+
+    def sends(name: str) -> list[int]:
+        return [
+            (faults.dir / f"beat-{n}.log").read_text().count(f"Sending due task test: {name}") for n in (1, 2)
+        ]
+
+    # Both Beats have sent every job at least twice, and the lost signal is settled.
+    wait_for(
+        lambda: all(min(sends(job)) >= 2 for job in ("telemetry.poll", "scheduler.plan_next_day",
+                                                     "kpis.recompute_recent", "dispatch.sweep"))
+        and settled(lost.id),
+        60, "both Beats to send every job twice and the lost signal to settle", interval_s=0.5,
+    )  # fmt: skip
+    for beat in beats:
+        stop_process(beat)
+    elapsed_s = time.monotonic() - started
+    wait_for(
+        lambda: not TelemetryPoll.objects.filter(status="collecting").exists(), 20, "the last pull round"
+    )
+
+    summary = faults.ledger.check([lost.id], label="two Beats")
+    round0 = Dispatch.objects.get(signal=lost, round=0)
+    assert round0.commands.count() == count  # allocated once though re-enqueued by every sweep
+    polls = TelemetryPoll.objects.filter(manual=False)
+    slots = list(polls.values_list("round_at", flat=True))
+    assert len(slots) == len(set(slots))
+    assert len(slots) <= elapsed_s / interval_s + 2, (len(slots), elapsed_s)
+    assert sum(sends("telemetry.poll")) > len(slots)  # duplicates were sent, and refused
+    plans = list(Plan.objects.values_list("day", "inputs_digest"))
+    assert plans and len(plans) == len(set(plans)), plans
+    before = dict(VehicleDayKpi.objects.values_list("vehicle_id", "injected_kwh"))
+    kpi_services.kpis_compute_recent(days_back=0)  # once more, alone: nothing was counted twice
+    after = dict(VehicleDayKpi.objects.values_list("vehicle_id", "injected_kwh"))
+    assert after == before and len(after) == count
+    failures = [line for line in worker_log.read_text().splitlines() if "raised unexpected" in line]
+    assert not failures, failures[:3]
+    print(
+        f"two Beats: {elapsed_s:.1f} s, pull rounds sent {sends('telemetry.poll')} -> {len(slots)} recorded; "
+        f"plans sent {sends('scheduler.plan_next_day')} -> {len(plans)}; sweeps {sends('dispatch.sweep')}; "
+        f"{summary['commands_in_db']} commands"
+    )
