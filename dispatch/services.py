@@ -469,8 +469,10 @@ def dispatch_allocate(dispatch_id: str | uuid.UUID) -> str:
             allocation = domain.allocate(spec, states, policy)
         else:
             rng = random.Random(dispatch.id.int)  # deterministic per round, different across rounds
+            # A vehicle whose command was never sent (its worker died, the setpoint
+            # expired in the queue) did not fail: it stays a candidate.
             failed = set(
-                Command.objects.filter(dispatch__signal_id=signal.id)
+                Command.objects.filter(dispatch__signal_id=signal.id, published_at__isnull=False)
                 .exclude(status=CommandStatus.ACKED)
                 .values_list("vehicle_id", flat=True)
             ) - set(already)
@@ -595,7 +597,8 @@ def commands_publish(
     saved. ``redelivered`` (the task came back after its worker died) also
     re-sends commands it had claimed and no vehicle acked yet: a vehicle may
     then get a command twice, which its command id makes harmless. A setpoint
-    past its ``valid_until`` is never sent.
+    past its ``valid_until`` is never sent, nor a command after its round's
+    ack deadline.
     """
     cfg = settings.V2G
     now = timezone.now()
@@ -608,11 +611,14 @@ def commands_publish(
         expired = scope.filter(status__in=claimable, valid_until__lte=now).update(
             status=CommandStatus.FAILED, reason="setpoint expired before it could be published"
         )
-        open_ = scope.filter(status__in=claimable, valid_until__gt=now)
+        # Not after the round's ack deadline: the command would time out unheard
+        # (a worker died, the queue was long). Left pending, it fails at
+        # finalisation and its vehicle stays a candidate for the fallback round.
+        open_ = scope.filter(status__in=claimable, valid_until__gt=now, dispatch__deadline_at__gt=now)
         # Only the columns that differ per command: the signal's fields are
         # the same for a whole batch and are read once per dispatch.
         live = list(
-            open_.select_for_update(skip_locked=True).values_list(
+            open_.select_for_update(skip_locked=True, of=("self",)).values_list(
                 "id", "vehicle_id", "power_kw", "dispatch_id"
             )
         )
@@ -1022,15 +1028,18 @@ def dispatch_fallback_rerun(dispatch_id: str | uuid.UUID, *, now: datetime | Non
 # --- sweep ---------------------------------------------------------------------------
 
 
-def dispatch_sweep(now: datetime | None = None, *, grace_s: float = 10.0) -> dict[str, int]:
+def dispatch_sweep(now: datetime | None = None, *, grace_s: float | None = None) -> dict[str, int]:
     """Finish what a crashed worker left: lost allocations, publishes and collectors.
 
     Safe to run any time and twice at once: it only re-enqueues idempotent
-    tasks or calls the conditional finalisation.
+    tasks or calls the conditional finalisation. ``grace_s`` defaults to
+    ``dispatch.sweep_grace_seconds``.
     """
     from dispatch.tasks import commands_publish_task, dispatch_allocate_task
 
     now = now or timezone.now()
+    if grace_s is None:
+        grace_s = settings.V2G.dispatch.sweep_grace_seconds
     stale = now - timedelta(seconds=grace_s)
     counts = {"allocations": 0, "publishes": 0, "finalised": 0}
     for dispatch_id in Dispatch.objects.filter(

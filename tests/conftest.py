@@ -177,8 +177,8 @@ def start_worker(log_path: Path, queue: str, concurrency: int = 2, **env: str) -
     and the same test database as the tests."""
     environment = subprocess_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]),
-        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        **{**TEST_PROCESS_ENV, **env},
+        # ``env`` may name another broker (tests/reliability run a Redis of their own).
+        **{"CELERY_BROKER_URL": settings.CELERY_BROKER_URL, **TEST_PROCESS_ENV, **env},
     )
     with open(log_path, "ab") as log:
         return subprocess.Popen(

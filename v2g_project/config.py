@@ -155,6 +155,9 @@ class DispatchConfig(Section):
     smart_weights: SmartWeights = SmartWeights()
     segments: dict[str, SegmentConfig] = Field(default_factory=dict)
     publish_expires_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # The sweep (Beat) takes over a round this long after its ack deadline (or an
+    # allocation or publish this long after it was due): the worker holding it died.
+    sweep_grace_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
 
 # --- metrics, telemetry, logging --------------------------------------------

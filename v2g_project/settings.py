@@ -239,6 +239,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
     if CELERY_RESULT_BACKEND == CELERY_BROKER_URL:
         CELERY_RESULT_BACKEND = f"file://{_fs / 'results'}"
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport, but a worker survives a Redis restart (see the module).
+    CELERY_BROKER_TRANSPORT = "v2g_project.broker_recovery:Transport"
 CELERY_TASK_DEFAULT_QUEUE = V2G.celery.default_queue
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
