@@ -249,7 +249,11 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory) -> Itera
 def start_bridge(log_path: Path, **env: str) -> subprocess.Popen:
     """A real MQTT bridge process recording into the test database, with the
     test process timings plus ``env`` (e.g. K_TELEMETRY__MODE="hybrid");
-    returns once it has connected and subscribed."""
+    returns once it has connected and subscribed. Each bridge gets a client id
+    of its own (K_MQTT__BRIDGE_CLIENT_ID, unless ``env`` names one, e.g. to
+    restart a bridge on its session): bridges sharing an id kick each other off
+    the broker. ``bridge_session_clear`` removes its broker session after."""
+    env.setdefault("K_MQTT__BRIDGE_CLIENT_ID", f"v2g-test-bridge-{secrets.token_hex(4)}")
     environment = subprocess_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]), **{**TEST_PROCESS_ENV, **env}
     )
@@ -272,7 +276,27 @@ def start_bridge(log_path: Path, **env: str) -> subprocess.Popen:
         raise
     if proc.poll() is not None:
         raise RuntimeError(f"the bridge exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+    proc.bridge_client_id = env["K_MQTT__BRIDGE_CLIENT_ID"]
     return proc
+
+
+def bridge_session_clear(client_id: str, url: str | None = None) -> None:
+    """Drop a stopped bridge's persistent session from the broker (a clean
+    session under its id), so it does not keep queueing acks for nobody."""
+    from v2g_project.config import MqttConfig
+
+    cfg = settings.V2G.mqtt if url is None else MqttConfig(url=url)
+    client = mqtt.client_create(cfg, "test", will=False, client_id=client_id, clean_session=True)
+    try:
+        mqtt.connect(client, cfg, timeout_s=5)
+    except mqtt.MqttUnavailable:
+        return
+    mqtt.disconnect(client)
+
+
+def stop_bridge(proc: subprocess.Popen, url: str | None = None) -> None:
+    stop_process(proc)
+    bridge_session_clear(proc.bridge_client_id, url)
 
 
 @pytest.fixture(scope="session")
@@ -283,7 +307,7 @@ def mqtt_bridge(django_db_setup, tmp_path_factory) -> Iterator[dict]:
     try:
         yield {"process": proc, "log": log_path}
     finally:
-        stop_process(proc)
+        stop_bridge(proc)
 
 
 @pytest.fixture
@@ -295,8 +319,9 @@ def bridges(django_db_setup, tmp_path) -> Iterator[Callable[..., dict]]:
     def start(**env: str) -> dict:
         log_path = tmp_path / f"bridge-{len(started)}.log"
         started.append(start_bridge(log_path, **env))
+        started[-1].broker_url = env.get("K_MQTT__URL")
         return {"process": started[-1], "log": log_path}
 
     yield start
     for proc in started:
-        stop_process(proc)
+        stop_bridge(proc, proc.broker_url)
