@@ -165,6 +165,54 @@ def unique_topic() -> str:
     return f"v2g-test/{secrets.token_hex(6)}"
 
 
+class PrivateBroker:
+    """A Mosquitto of the test's own on a free loopback port, with the shipped
+    settings of deploy/mosquitto/mosquitto.conf (throughput limits, persistence
+    in ``workdir``), that the test may stop, restart or kill; the machine's
+    shared broker is never touched."""
+
+    KEPT = ("set_tcp_nodelay", "max_queued_messages", "max_inflight_messages", "persistence ",
+            "persistent_client_expiration")  # fmt: skip
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        shipped = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text().splitlines()
+        kept = [line for line in shipped if line.startswith(self.KEPT)]
+        assert len(kept) == len(self.KEPT), kept
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            "\n".join([f"listener {self.port} 127.0.0.1", "allow_anonymous true", *kept,
+                       f"persistence_location {workdir}/", "log_dest stderr", "user root", ""])
+        )  # fmt: skip
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=log, stderr=log)
+        wait_for(self.reachable, 10, "the private broker")
+
+    def reachable(self) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): Mosquitto saves its sessions and queued messages."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Points a platform process at this broker."""
+        return {"K_MQTT__URL": self.url, **extra}
+
+
 # Dispatch timings for the processes the tests start: short enough to test timeouts quickly.
 TEST_PROCESS_ENV = {
     "K_DISPATCH__ACK_TIMEOUT_SECONDS": "2",
