@@ -207,9 +207,16 @@ def ack_counts(client) -> dict[str, float]:
     }
 
 
-def ledger_check(name: str, run: Run, signals_: list[FlexibilitySignal], client, acks_before: dict) -> dict:
+def ledger_check(
+    name: str, run: Run, signals_: list[FlexibilitySignal], client, acks_before: dict, *, killed: bool = False
+) -> dict:
     """Compare the vehicles' ledger with the database; print the summary; assert
-    every command final, lost = 0, forged = 0, duplicates applied = 0."""
+    every command final, lost = 0, forged = 0, duplicates applied = 0.
+
+    ``killed``: a bridge was SIGKILLed. Its ack counters are incremented just
+    after its transaction commits, so a kill between the two leaves acks
+    recorded but not counted (the broker then redelivers them, counted as
+    duplicates): counters may then fall short, never count twice."""
     records = run.ledger.records()
     sent: dict[str, set[str]] = defaultdict(set)
     for record in records:
@@ -253,6 +260,7 @@ def ledger_check(name: str, run: Run, signals_: list[FlexibilitySignal], client,
         "rejected": by_status[CommandStatus.REJECTED], "timed_out": by_status[CommandStatus.TIMED_OUT],
         "failed": by_status[CommandStatus.FAILED], "late_acks_kept": late, "not_final": len(not_final),
         "lost": len(lost), "forged": len(forged), "duplicates_applied": duplicates_applied,
+        "acks_counted": int(applied), "duplicates_refused": int(after["duplicate"] - acks_before["duplicate"]),
     }  # fmt: skip
     print(f"ledger {name}: " + " ".join(f"{k}={v}" for k, v in summary.items()))
     assert commands, "no command was sent"
@@ -269,7 +277,7 @@ def ledger_check(name: str, run: Run, signals_: list[FlexibilitySignal], client,
             if c.dispatch_id == dispatch.id and c.status == CommandStatus.ACKED
         )
         assert dispatch.acknowledged_kw == pytest.approx(acked_kw, abs=0.01)
-    assert applied == answered
+    assert applied <= answered if killed else applied == answered
     return summary
 
 
@@ -320,7 +328,7 @@ def test_a_killed_bridge_loses_no_ack(stack, fleet_run, client):
     run.acks_at_least(down_at + VEHICLES // 5)  # acks sent while no bridge runs
     stack.bridge_start()
     run.settled(signal)
-    summary = ledger_check("bridge killed", run, [signal], client, before)
+    summary = ledger_check("bridge killed", run, [signal], client, before, killed=True)
     # The restarted bridge found its session kept by the broker.
     assert stack.bridge_log().count("new broker session") == new_sessions
     assert summary["acked"] + summary["rejected"] == summary["acks_sent"]  # none came late
@@ -355,7 +363,7 @@ def database_outage(seconds: float) -> None:
                 admin.execute("SELECT pg_sleep(0.2)")
         finally:
             admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(quoted))
-    assert cut >= 2, "the bridge's and the worker's connections were cut"
+    assert cut >= 1, "the bridge's connection (at least) was cut"
 
 
 def test_a_database_outage_loses_no_ack(stack, fleet_run, client):
