@@ -3,6 +3,7 @@ configuration (Redis, Mosquitto, the database) and start real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -21,6 +22,20 @@ from django.conf import settings
 from v2g_project import mqtt
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every bridge a test starts without naming its id (the demo's, the end-to-end
+# stacks') runs under this one, not the default "v2g-bridge": its persistent
+# broker session is dropped when the run ends, so runs leave no session
+# behind on the shared broker queueing acks for nobody.
+SESSION_BRIDGE_ID = f"v2g-test-bridge-{secrets.token_hex(4)}"
+os.environ.setdefault("K_MQTT__BRIDGE_CLIENT_ID", SESSION_BRIDGE_ID)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if os.environ.get("K_MQTT__BRIDGE_CLIENT_ID") == SESSION_BRIDGE_ID:
+        # Without a broker (a pure-logic run) there is nothing to clear.
+        with contextlib.suppress(Exception):
+            bridge_session_clear(SESSION_BRIDGE_ID)
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05):
