@@ -62,6 +62,7 @@ def test_a_replayed_platform_last_will_is_not_counted_again(caplog):
         (b"x" * 70_000, "oversized"),
         (b"\xff\xfe", "not_utf8"),
         (b"{not json", "not_json"),
+        (b'{"soc": ' + b"1" * 5000 + b"}", "not_json"),  # json.loads raises a plain ValueError
         (b"[1, 2]", "not_object"),
     ],
 )

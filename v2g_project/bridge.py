@@ -122,6 +122,8 @@ def payload_decode(raw: bytes) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedPayload(f"payload is not JSON ({exc.msg} at char {exc.pos})", "not_json") from None
+    except ValueError as exc:  # e.g. an integer of over 4,300 digits (int_max_str_digits)
+        raise MalformedPayload(f"payload is not acceptable JSON ({str(exc)[:80]})", "not_json") from None
     except RecursionError:  # defence in depth: _nesting should have caught it
         raise MalformedPayload("payload nests too deep", "too_deep") from None
     if not isinstance(value, dict):
@@ -184,6 +186,10 @@ class Bridge:
         self.client = mqtt.client_create(
             cfg, "bridge", client_id=self.client_id, clean_session=False, manual_ack=True
         )
+        # A message no route takes (a subscription the broker kept in the session
+        # from an earlier configuration) is still acknowledged: left unacknowledged
+        # it would hold a slot of the broker's in-flight window for ever.
+        self.client.on_message = self._unrouted
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -221,6 +227,13 @@ class Bridge:
         if not self._stop.is_set():
             log.warning("bridge lost the MQTT connection (%s); reconnecting", reason_code)
 
+    def _unrouted(self, _client, _userdata, msg) -> None:
+        MESSAGES.labels("unrouted", "dropped").inc()
+        log.info("message on %s matches no route (a subscription kept from an earlier configuration?)",
+                 msg.topic)  # fmt: skip
+        if msg.qos:
+            self._network.ack_later([(self._network.connection, msg.mid, msg.qos)])
+
     def _receiver(self, route: Route):
         def on_message(_client, _userdata, msg) -> None:
             # Only timestamp and enqueue: decoding happens in the handler thread,
@@ -246,7 +259,14 @@ class Bridge:
             batch = self._collect()
             QUEUE_DEPTH.set(self._queue.qsize())
             if batch:
-                self._deliver(batch)
+                try:
+                    self._deliver(batch)
+                except Exception:  # a message nobody foresaw must not end this thread
+                    log.exception("bridge failed on a batch of %d message(s); dropped", len(batch))
+                    for item in batch:
+                        MESSAGES.labels(item[0].name, "error").inc()
+                    # Acknowledged: a message that broke the bridge once would break it again.
+                    self._network.ack_later([item[-1] for item in batch if item[-1] is not None])
 
     def _collect(self) -> list[tuple]:
         try:
