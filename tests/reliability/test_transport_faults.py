@@ -378,7 +378,8 @@ def test_a_database_outage_loses_no_ack(stack, fleet_run, client):
     database_outage(3.0)
     run.settled(signal)
     summary = ledger_check("database outage", run, [signal], client, before)
-    assert "database error on a batch" in stack.bridge_log()
+    assert "database error on a batch" in stack.bridge_log()  # both really met the outage
+    assert "not currently accepting connections" in (stack.workdir / "worker.log").read_text()
     assert summary["acked"] + summary["rejected"] == summary["acks_sent"]
 
 
