@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
@@ -67,7 +69,13 @@ def commands_publish_task(
 def dispatch_collect_task(self, dispatch_id: str) -> str:
     """Wait for the round's acks (by retrying itself), then finalise it."""
     with log_context(dispatch_id=dispatch_id):
-        wait_s = services.dispatch_collect(dispatch_id)
+        try:
+            wait_s = services.dispatch_collect(dispatch_id)
+        except DatabaseError as exc:
+            # Not DB_RETRY's backoff: request.retries counts every poll too, so
+            # after a few seconds of polling it meant a random wait of up to
+            # retry_backoff_max (30 s) after a one-second database blip.
+            raise self.retry(exc=exc, countdown=random.uniform(0.5, 2.0)) from None
     if wait_s is not None:
         raise self.retry(countdown=wait_s)
     return "finalised"

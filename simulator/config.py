@@ -69,6 +69,7 @@ class SimConfig:
     lwt_topic_prefix: str = _PLATFORM_TELEMETRY.lwt_topic_prefix
     ack_qos: int = 1
     telemetry_qos: int = 0
+    ledger: str = ""
 
     def vehicle_ids(self) -> list[str]:
         """``{prefix}{n:04d}``: the ids the platform's demo fleet registers."""
@@ -228,6 +229,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("lwt_topic_prefix", _text, "Last Will + birth on PREFIX/sim-{prefix}{first}; '' = off", "PREFIX"),
     Option("ack_qos", _qos, "QoS of acks (default 1)", "QOS"),
     Option("telemetry_qos", _qos, "QoS of state pushes and answers (default 0)", "QOS"),
+    Option(
+        "ledger",
+        _text,
+        "append one JSON line per command received and per ack published (default: none)",
+        "PATH",
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -337,6 +344,8 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         parser.error("--min-soc: leave some room to charge (at most 0.95)")
     _topic_check(parser, cfg)
     _mqtt_check(parser, cfg)
+    if cfg.ledger and not Path(cfg.ledger).resolve().parent.is_dir():
+        parser.error(f"--ledger: no directory {str(Path(cfg.ledger).resolve().parent)!r} for {cfg.ledger!r}")
     return cfg
 
 

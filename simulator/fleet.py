@@ -18,6 +18,15 @@ once; drop rate -> never acked; reject rate -> rejected; otherwise the
 vehicle model decides (accepted, or rejected with its reason) and the ack
 leaves after the configured latency.
 
+Ledger (``--ledger PATH``): one JSON line appended per command received
+(``{"event": "command", "command_id", "vehicle_id", "at", "duplicate"}``,
+before any decision, so redeliveries and commands to silent or offline
+vehicles are there too) and per ack handed to the MQTT client
+(``{"event": "ack", "command_id", "vehicle_id", "status", "at"}``, a repeated
+ack included). Written by the fleet itself, it is the vehicles' side of the
+story whatever happens to the broker or the platform: the reliability tests
+compare it with the database.
+
 Presence: the fleet's client is a gateway for all its vehicles. It sets a
 retained Last Will naming them on ``lwt_topic_prefix/sim-{prefix}{first}``
 and, on every (re)connect, publishes a retained birth message on the same
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import queue
 import secrets
@@ -143,6 +153,8 @@ class Fleet:
         self._subscribed = threading.Event()
         self._stopping = False
         self._client = None
+        # Line-buffered: every line is on disk once written, whatever stops us after.
+        self._ledger = open(cfg.ledger, "a", buffering=1, encoding="utf-8") if cfg.ledger else None  # noqa: SIM115
         self.lwt_topic = cfg.lwt_topic
         levels = cfg.command_topic.split("/")
         self._command_levels = len(levels)
@@ -228,6 +240,8 @@ class Fleet:
             while client.want_write() and time.monotonic() < deadline:  # queued acks still leaving
                 time.sleep(0.01)
             mqtt.disconnect(client)
+        if self._ledger is not None:
+            self._ledger.close()
         self._print(self.status_line("sim stopped"))
 
     def call(self, function: Callable[[], Any], timeout_s: float = 10.0) -> Any:
@@ -347,13 +361,15 @@ class Fleet:
             log.debug("malformed command on %s: %s", topic, exc)
             return
         counters.commands += 1
+        command_id = command.command_id
+        if self._ledger is not None:
+            self._ledger_write("command", command_id, vehicle_id, duplicate=command_id in self._seen)
         if sim.silent:
             counters.silent += 1
             return
         if sim.offline_until is not None:
             counters.offline += 1
             return
-        command_id = command.command_id
         if command_id in self._seen:
             counters.duplicates += 1
             ack = self._seen[command_id]
@@ -396,8 +412,16 @@ class Fleet:
             return
         self._publish(sim.ack_topic, ack, self.cfg.ack_qos)
         self.counters.acks += 1
+        if self._ledger is not None:
+            status = "rejected" if b'"status":"rejected"' in ack else "accepted"
+            self._ledger_write("ack", command_id, sim.vehicle.spec.vehicle_id, status=status)
         if count_reject and b'"status":"rejected"' in ack:
             self.counters.rejects += 1
+
+    def _ledger_write(self, event: str, command_id: str, vehicle_id: str, **fields: Any) -> None:
+        record = {"event": event, "command_id": command_id, "vehicle_id": vehicle_id, **fields}
+        record["at"] = datetime.now(UTC).isoformat()  # wall time, even under a simulated clock
+        self._ledger.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def _remember(self, command_id: str, ack: bytes | None) -> None:
         seen = self._seen

@@ -3,6 +3,7 @@ configuration (Redis, Mosquitto, the database) and start real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -21,6 +22,20 @@ from django.conf import settings
 from v2g_project import mqtt
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every bridge a test starts without naming its id (the demo's, the end-to-end
+# stacks') runs under this one, not the default "v2g-bridge": its persistent
+# broker session is dropped when the run ends, so runs leave no session
+# behind on the shared broker queueing acks for nobody.
+SESSION_BRIDGE_ID = f"v2g-test-bridge-{secrets.token_hex(4)}"
+os.environ.setdefault("K_MQTT__BRIDGE_CLIENT_ID", SESSION_BRIDGE_ID)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if os.environ.get("K_MQTT__BRIDGE_CLIENT_ID") == SESSION_BRIDGE_ID:
+        # Without a broker (a pure-logic run) there is nothing to clear.
+        with contextlib.suppress(Exception):
+            bridge_session_clear(SESSION_BRIDGE_ID)
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05):
@@ -165,6 +180,54 @@ def unique_topic() -> str:
     return f"v2g-test/{secrets.token_hex(6)}"
 
 
+class PrivateBroker:
+    """A Mosquitto of the test's own on a free loopback port, with the shipped
+    settings of deploy/mosquitto/mosquitto.conf (throughput limits, persistence
+    in ``workdir``), that the test may stop, restart or kill; the machine's
+    shared broker is never touched."""
+
+    KEPT = ("set_tcp_nodelay", "max_queued_messages", "max_inflight_messages", "persistence ",
+            "persistent_client_expiration")  # fmt: skip
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        shipped = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text().splitlines()
+        kept = [line for line in shipped if line.startswith(self.KEPT)]
+        assert len(kept) == len(self.KEPT), kept
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            "\n".join([f"listener {self.port} 127.0.0.1", "allow_anonymous true", *kept,
+                       f"persistence_location {workdir}/", "log_dest stderr", "user root", ""])
+        )  # fmt: skip
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=log, stderr=log)
+        wait_for(self.reachable, 10, "the private broker")
+
+    def reachable(self) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): Mosquitto saves its sessions and queued messages."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Points a platform process at this broker."""
+        return {"K_MQTT__URL": self.url, **extra}
+
+
 # Dispatch timings for the processes the tests start: short enough to test timeouts quickly.
 TEST_PROCESS_ENV = {
     "K_DISPATCH__ACK_TIMEOUT_SECONDS": "2",
@@ -249,7 +312,11 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory) -> Itera
 def start_bridge(log_path: Path, **env: str) -> subprocess.Popen:
     """A real MQTT bridge process recording into the test database, with the
     test process timings plus ``env`` (e.g. K_TELEMETRY__MODE="hybrid");
-    returns once it has connected and subscribed."""
+    returns once it has connected and subscribed. Each bridge gets a client id
+    of its own (K_MQTT__BRIDGE_CLIENT_ID, unless ``env`` names one, e.g. to
+    restart a bridge on its session): bridges sharing an id kick each other off
+    the broker. ``bridge_session_clear`` removes its broker session after."""
+    env.setdefault("K_MQTT__BRIDGE_CLIENT_ID", f"v2g-test-bridge-{secrets.token_hex(4)}")
     environment = subprocess_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]), **{**TEST_PROCESS_ENV, **env}
     )
@@ -272,7 +339,27 @@ def start_bridge(log_path: Path, **env: str) -> subprocess.Popen:
         raise
     if proc.poll() is not None:
         raise RuntimeError(f"the bridge exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+    proc.bridge_client_id = env["K_MQTT__BRIDGE_CLIENT_ID"]
     return proc
+
+
+def bridge_session_clear(client_id: str, url: str | None = None) -> None:
+    """Drop a stopped bridge's persistent session from the broker (a clean
+    session under its id), so it does not keep queueing acks for nobody."""
+    from v2g_project.config import MqttConfig
+
+    cfg = settings.V2G.mqtt if url is None else MqttConfig(url=url)
+    client = mqtt.client_create(cfg, "test", will=False, client_id=client_id, clean_session=True)
+    try:
+        mqtt.connect(client, cfg, timeout_s=5)
+    except mqtt.MqttUnavailable:
+        return
+    mqtt.disconnect(client)
+
+
+def stop_bridge(proc: subprocess.Popen, url: str | None = None) -> None:
+    stop_process(proc)
+    bridge_session_clear(proc.bridge_client_id, url)
 
 
 @pytest.fixture(scope="session")
@@ -283,7 +370,7 @@ def mqtt_bridge(django_db_setup, tmp_path_factory) -> Iterator[dict]:
     try:
         yield {"process": proc, "log": log_path}
     finally:
-        stop_process(proc)
+        stop_bridge(proc)
 
 
 @pytest.fixture
@@ -295,8 +382,9 @@ def bridges(django_db_setup, tmp_path) -> Iterator[Callable[..., dict]]:
     def start(**env: str) -> dict:
         log_path = tmp_path / f"bridge-{len(started)}.log"
         started.append(start_bridge(log_path, **env))
+        started[-1].broker_url = env.get("K_MQTT__URL")
         return {"process": started[-1], "log": log_path}
 
     yield start
     for proc in started:
-        stop_process(proc)
+        stop_bridge(proc, proc.broker_url)

@@ -5,13 +5,14 @@ platform Last Will is not counted again."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
 
-from v2g_project.bridge import Bridge, Message, Route, platform_lwt_handle
+from v2g_project.bridge import Bridge, MalformedPayload, Message, Route, payload_decode, platform_lwt_handle
 from v2g_project.config import Config
 
 
@@ -33,9 +34,9 @@ def test_the_retain_flag_reaches_the_route_and_empty_payloads_are_skipped():
     now = time.time()
     bridge._deliver(
         [
-            (route, "v2g/vehicle/lwt/ev-1", b'{"vehicle_id": "ev-1"}', now, False, True),
-            (route, "v2g/vehicle/lwt/ev-2", b"", now, False, False),  # a retained message deleted
-            (route, "v2g/vehicle/lwt/ev-3", b'{"vehicle_id": "ev-3"}', now, False, False),
+            (route, "v2g/vehicle/lwt/ev-1", b'{"vehicle_id": "ev-1"}', now, False, True, None),
+            (route, "v2g/vehicle/lwt/ev-2", b"", now, False, False, None),  # a retained message deleted
+            (route, "v2g/vehicle/lwt/ev-3", b'{"vehicle_id": "ev-3"}', now, False, False, None),
         ]
     )
     assert [(m.topic.rsplit("/", 1)[-1], m.retain) for m in received] == [("ev-1", True), ("ev-3", False)]
@@ -51,3 +52,26 @@ def test_a_replayed_platform_last_will_is_not_counted_again(caplog):
     assert "earlier platform MQTT client loss" in caplog.text
     platform_lwt_handle([Message("v2g/lwt", payload, datetime.now(UTC))])
     assert counter("mqtt_platform_process_lost_total") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "too_deep"),  # would blow json's recursion without the check
+        (b'{"a": ' * 17 + b"1" + b"}" * 17, "too_deep"),
+        (b"x" * 70_000, "oversized"),
+        (b"\xff\xfe", "not_utf8"),
+        (b"{not json", "not_json"),
+        (b'{"soc": ' + b"1" * 5000 + b"}", "not_json"),  # json.loads raises a plain ValueError
+        (b"[1, 2]", "not_object"),
+    ],
+)
+def test_bad_payloads_are_refused_with_their_reason(raw, reason):
+    with pytest.raises(MalformedPayload) as refused:
+        payload_decode(raw)
+    assert refused.value.reason == reason
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    payload = {"command_id": "x", "reason": "[[[[{{{{" * 10, "nested": {"a": {"b": [1]}}}
+    assert payload_decode(json.dumps(payload).encode()) == payload

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from django.conf import settings
 
-from tests.conftest import ROOT, database_url, stop_process, subprocess_env, wait_for
+from tests.conftest import ROOT, bridge_session_clear, database_url, stop_process, subprocess_env, wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
@@ -175,7 +175,10 @@ def test_beat_keeps_its_heartbeat_fresh_while_it_runs(tmp_path):
 @pytest.mark.django_db  # settings name the test database from here on
 def test_bridge_keeps_its_heartbeat_fresh_while_connected(tmp_path):
     alive = tmp_path / "bridge.alive"
-    env = subprocess_env(DATABASE_URL=database_url(settings.DATABASES["default"]))
+    bridge_id = f"v2g-test-bridge-{secrets.token_hex(4)}"  # its own broker session, dropped after
+    env = subprocess_env(
+        DATABASE_URL=database_url(settings.DATABASES["default"]), K_MQTT__BRIDGE_CLIENT_ID=bridge_id
+    )
     log_path = tmp_path / "bridge.log"
     with open(log_path, "wb") as log:
         bridge = subprocess.Popen(
@@ -193,6 +196,7 @@ def test_bridge_keeps_its_heartbeat_fresh_while_connected(tmp_path):
         wait_for(lambda: alive.stat().st_mtime > first, 15, "a second bridge heartbeat")
     finally:
         stop_process(bridge)
+        bridge_session_clear(bridge_id)
     wait_for(lambda: heartbeat(alive, 2).returncode == 1, 15, "the heartbeat to go stale")
 
 

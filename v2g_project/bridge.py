@@ -7,6 +7,13 @@ enqueues (it never blocks the network loop); a separate thread drains the
 queue and calls each route's batch handler, so one database round trip serves
 many messages. A malformed payload is logged with its reason and counted; a
 handler that raises is logged and counted; neither stops the bridge.
+
+Nothing acknowledged is lost: a QoS 1 message is acknowledged to the broker
+(PUBACK) only once its batch is recorded (or rejected for good), and the
+bridge keeps a persistent broker session under a stable client id
+(``mqtt.bridge_client_id``), so what arrives while it is down, or what it had
+received but not yet recorded when it died, is delivered again when it comes
+back. Redeliveries are harmless: every handler is idempotent by message id.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ MESSAGES = Counter(
     "MQTT messages received by the bridge, by route and outcome (handled, malformed, empty, error, dropped).",
     ["route", "outcome"],
 )
+REJECTED = Counter(
+    "mqtt_bridge_rejected_total",
+    "Messages the bridge refused before their handler, by route and reason "
+    "(oversized, not_utf8, not_json, too_deep, not_object).",
+    ["route", "reason"],
+)
 # livesum: a restarted bridge must not leave its old depth behind (multiproc.py drops dead processes).
 QUEUE_DEPTH = Gauge(
     "mqtt_bridge_queue_depth", "Messages decoded and waiting for their handler.", multiprocess_mode="livesum"
@@ -44,6 +57,7 @@ PLATFORM_LOST = Counter(
 )
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_PAYLOAD_DEPTH = 16  # nesting of objects and arrays; vehicles' payloads use 2
 
 
 @dataclass(frozen=True)
@@ -66,21 +80,54 @@ class Route:
 
 
 class MalformedPayload(ValueError):
-    pass
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason  # the label of mqtt_bridge_rejected_total
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of [ and { outside strings: checked before parsing,
+    so a payload of 30,000 brackets costs a scan, not a RecursionError."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def payload_decode(raw: bytes) -> dict:
     """A JSON object, or MalformedPayload saying why not."""
     if len(raw) > MAX_PAYLOAD_BYTES:
-        raise MalformedPayload(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        raise MalformedPayload(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}", "oversized")
     try:
-        value = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise MalformedPayload("payload is not UTF-8") from None
+        raise MalformedPayload("payload is not UTF-8", "not_utf8") from None
+    if text.count("[") + text.count("{") > MAX_PAYLOAD_DEPTH and _nesting(text) > MAX_PAYLOAD_DEPTH:
+        raise MalformedPayload(f"payload nests deeper than {MAX_PAYLOAD_DEPTH} levels", "too_deep")
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise MalformedPayload(f"payload is not JSON ({exc.msg} at char {exc.pos})") from None
+        raise MalformedPayload(f"payload is not JSON ({exc.msg} at char {exc.pos})", "not_json") from None
+    except ValueError as exc:  # e.g. an integer of over 4,300 digits (int_max_str_digits)
+        raise MalformedPayload(f"payload is not acceptable JSON ({str(exc)[:80]})", "not_json") from None
+    except RecursionError:  # defence in depth: _nesting should have caught it
+        raise MalformedPayload("payload nests too deep", "too_deep") from None
     if not isinstance(value, dict):
-        raise MalformedPayload(f"payload is a JSON {type(value).__name__}, expected an object")
+        raise MalformedPayload(f"payload is a JSON {type(value).__name__}, expected an object", "not_object")
     return value
 
 
@@ -131,7 +178,18 @@ class Bridge:
 
     def __post_init__(self) -> None:
         self._queue = queue.Queue(maxsize=self.queue_max)
-        self.client = mqtt.client_create(self.config.mqtt, "bridge")
+        cfg = self.config.mqtt
+        self.client_id = cfg.bridge_client_id or f"{cfg.client_id}-bridge"
+        # A persistent session under a stable id: the broker keeps the
+        # subscriptions and queues QoS 1 acks while the bridge is down; PUBACKs
+        # are sent by hand once a message is recorded (see the module doc).
+        self.client = mqtt.client_create(
+            cfg, "bridge", client_id=self.client_id, clean_session=False, manual_ack=True
+        )
+        # A message no route takes (a subscription the broker kept in the session
+        # from an earlier configuration) is still acknowledged: left unacknowledged
+        # it would hold a slot of the broker's in-flight window for ever.
+        self.client.on_message = self._unrouted
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -142,10 +200,12 @@ class Bridge:
 
     # --- network thread: decode and enqueue only ------------------------------
 
-    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
+    def _on_connect(self, client, _userdata, flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
             log.error("MQTT connection refused: %s", reason_code)
             return
+        if not flags.session_present:
+            log.info("bridge %s: new broker session (nothing was kept for it)", self.client_id)
         # Subscribing here, not once at start, makes every reconnect resubscribe.
         # "Connected" is reported on the SUBACK, not here: a message published
         # between CONNACK and SUBACK would not reach the bridge.
@@ -167,15 +227,26 @@ class Bridge:
         if not self._stop.is_set():
             log.warning("bridge lost the MQTT connection (%s); reconnecting", reason_code)
 
+    def _unrouted(self, _client, _userdata, msg) -> None:
+        MESSAGES.labels("unrouted", "dropped").inc()
+        log.info("message on %s matches no route (a subscription kept from an earlier configuration?)",
+                 msg.topic)  # fmt: skip
+        if msg.qos:
+            self._network.ack_later([(self._network.connection, msg.mid, msg.qos)])
+
     def _receiver(self, route: Route):
         def on_message(_client, _userdata, msg) -> None:
             # Only timestamp and enqueue: decoding happens in the handler thread,
             # so this thread (which also sends the PUBACKs) drains the socket fast.
+            if self._stop.is_set():
+                return  # not acknowledged: the broker gives it to the next bridge session
+            ack = (self._network.connection, msg.mid, msg.qos) if msg.qos else None
             try:
                 self._queue.put_nowait(
-                    (route, msg.topic, msg.payload, time.time(), bool(msg.dup), bool(msg.retain))
+                    (route, msg.topic, msg.payload, time.time(), bool(msg.dup), bool(msg.retain), ack)
                 )
             except queue.Full:
+                # Not acknowledged either: redelivered after the next reconnect.
                 MESSAGES.labels(route.name, "dropped").inc()
                 log.error("bridge queue full (%d); dropped a message on %s", self.queue_max, msg.topic)
 
@@ -188,7 +259,14 @@ class Bridge:
             batch = self._collect()
             QUEUE_DEPTH.set(self._queue.qsize())
             if batch:
-                self._deliver(batch)
+                try:
+                    self._deliver(batch)
+                except Exception:  # a message nobody foresaw must not end this thread
+                    log.exception("bridge failed on a batch of %d message(s); dropped", len(batch))
+                    for item in batch:
+                        MESSAGES.labels(item[0].name, "error").inc()
+                    # Acknowledged: a message that broke the bridge once would break it again.
+                    self._network.ack_later([item[-1] for item in batch if item[-1] is not None])
 
     def _collect(self) -> list[tuple]:
         try:
@@ -208,9 +286,13 @@ class Bridge:
         return batch
 
     def _deliver(self, batch: list[tuple]) -> None:
+        """Record a batch, then have its messages acknowledged to the broker; a
+        batch not recorded (the bridge stopping while the database is down) is
+        left unacknowledged, for the broker to deliver again."""
         by_route: dict[str, list[Message]] = defaultdict(list)
         routes = {}
-        for route, topic, raw, received, dup, retain in batch:
+        acks = [item[-1] for item in batch if item[-1] is not None]
+        for route, topic, raw, received, dup, retain, _ack in batch:
             if not raw:
                 # A zero-length payload is how MQTT deletes a retained message
                 # (a client clearing its birth or will): nothing to record.
@@ -221,48 +303,61 @@ class Bridge:
                 payload = payload_decode(raw)
             except MalformedPayload as exc:
                 MESSAGES.labels(route.name, "malformed").inc()
+                REJECTED.labels(route.name, exc.reason).inc()
                 log.warning("rejected message on %s: %s", topic, exc)
                 continue
             by_route[route.name].append(
                 Message(topic, payload, datetime.fromtimestamp(received, UTC), dup, retain)
             )
             routes[route.name] = route
+        recorded = True
         for name, messages in by_route.items():
-            if self._handle(routes[name], messages):
+            outcome = self._handle(routes[name], messages)
+            if outcome is None:
+                recorded = False
+            elif outcome:
                 MESSAGES.labels(name, "handled").inc(len(messages))
             else:
                 MESSAGES.labels(name, "error").inc(len(messages))
+        if recorded:
+            self._network.ack_later(acks)
 
-    def _handle(self, route: Route, messages: list[Message]) -> bool:
-        """Hand a batch to its route. A database error is retried with backoff for
-        up to retry_for_s: the messages are already acknowledged to the broker, so
-        giving up at the first blip would lose them. Handlers are idempotent."""
+    def _handle(self, route: Route, messages: list[Message]) -> bool | None:
+        """Hand a batch to its route: True when recorded, False when the handler
+        failed for good (a bug: it would fail again; logged, counted), None when
+        the database stayed unavailable until the bridge stopped. A database
+        error is retried with capped backoff for as long as it lasts: the
+        messages are not acknowledged meanwhile, so the broker holds the rest
+        (its in-flight window fills and it queues them in the session).
+        Handlers are idempotent, so a retry or a redelivery never counts twice."""
         started, delay = time.monotonic(), 0.2
         while True:
             close_old_connections()  # a connection broken by the last failure is replaced
             try:
                 route.handler(messages)
                 return True
-            except Exception as exc:  # a bad batch must not kill the bridge
-                transient = isinstance(exc, DatabaseError)  # a bug would fail again: do not stall on it
-                if (
-                    not transient
-                    or time.monotonic() - started + delay > self.retry_for_s
-                    or self._stop.is_set()
-                ):
-                    log.exception(
-                        "route %s failed on a batch of %d message(s); giving up on it",
-                        route.name,
-                        len(messages),
+            except DatabaseError:
+                if self._stop.is_set():
+                    log.warning(
+                        "route %s: database still unavailable at stop; %d message(s) left "
+                        "unacknowledged for the broker to deliver again",
+                        *(route.name, len(messages)),
                     )
-                    return False
-                log.warning(
-                    "route %s failed on a batch of %d message(s); retrying in %.1f s",
-                    *(route.name, len(messages), delay),
+                    return None
+                level = logging.WARNING if time.monotonic() - started < self.retry_for_s else logging.ERROR
+                log.log(
+                    level,
+                    "route %s: database error on a batch of %d message(s) (for %.0f s); retrying in %.1f s",
+                    *(route.name, len(messages), time.monotonic() - started, delay),
                     exc_info=True,
                 )
-                time.sleep(delay)
+                self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception:  # a bad batch must not kill the bridge
+                log.exception(
+                    "route %s failed on a batch of %d message(s); giving up on it", route.name, len(messages)
+                )
+                return False
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -284,8 +379,10 @@ class Bridge:
         return self._connected.is_set() and self._worker.is_alive() and not self._stop.is_set()
 
     def stop(self) -> None:
-        """Disconnect cleanly (no Last Will), then finish what was received."""
+        """Finish what was received, have it acknowledged, then disconnect
+        cleanly (no Last Will). What arrives meanwhile is left unacknowledged:
+        the broker keeps it in the session for the next start."""
         self._stop.set()
-        self._network.stop()
         self._worker.join(timeout=30)
+        self._network.stop()
         close_old_connections()

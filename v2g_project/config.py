@@ -72,6 +72,10 @@ class QosConfig(Section):
 class MqttConfig(Section):
     url: str = "tcp://127.0.0.1:1883"
     client_id: str = Field("v2g", min_length=1, max_length=40)
+    # The MQTT bridge's own, stable client id: its broker session (clean
+    # session off) keeps the QoS 1 acks that arrive while it is down. Empty:
+    # "{client_id}-bridge". Several bridges on one broker need one id each.
+    bridge_client_id: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9._:-]*$")
     username: str = ""
     password: SecretStr = SecretStr("")
     auth_method: Literal["none", "password", "tls"] = "none"

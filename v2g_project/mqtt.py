@@ -15,6 +15,8 @@ process *after* fork; ``reset_after_fork`` runs in ``worker_process_init``.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
 import secrets
@@ -22,6 +24,8 @@ import select
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -87,8 +91,14 @@ def client_create(
     will: bool = True,
     client_id: str | None = None,
     protocol: int = paho.MQTTv311,
+    clean_session: bool = True,
+    manual_ack: bool = False,
 ) -> paho.Client:
-    """A configured, not yet connected client for ``role`` (e.g. "worker", "bridge")."""
+    """A configured, not yet connected client for ``role`` (e.g. "worker", "bridge").
+
+    ``clean_session=False`` (with a stable ``client_id``) asks the broker to keep
+    the session, subscriptions and undelivered QoS 1 messages, while the client
+    is away; ``manual_ack=True`` leaves each QoS 1 PUBACK to ``client.ack``."""
     endpoint = endpoint_parse(cfg)
     client_id = client_id or client_id_make(cfg.client_id, role)
     client = paho.Client(
@@ -97,6 +107,8 @@ def client_create(
         protocol=protocol,
         transport=endpoint.transport,
         reconnect_on_failure=True,
+        clean_session=None if protocol == paho.MQTTv5 else clean_session,
+        manual_ack=manual_ack,
     )
     if endpoint.transport == "websockets":
         client.ws_set_options(path=endpoint.path)
@@ -189,12 +201,26 @@ class ReceiveLoop:
     This loop uses paho's documented external-loop calls (loop_read,
     loop_write, loop_misc) and reconnects with capped exponential backoff;
     subscriptions belong in on_connect, so they are renewed on each reconnect.
+
+    Manual acknowledgement (a client made with ``manual_ack=True``): another
+    thread hands the (connection, mid, qos) of messages it has recorded to
+    :meth:`ack_later`; this thread alone writes the PUBACKs, and only on the
+    connection the message came in on. A message id belongs to one connection:
+    after a reconnect the broker redelivers what was not acknowledged, possibly
+    under a reused id, so a PUBACK carried over would acknowledge another message.
     """
 
     def __init__(self, client: paho.Client, cfg: MqttConfig, *, max_burst: int = 5000) -> None:
         self.client = client
         self.cfg = cfg
         self.max_burst = max_burst
+        # Which connection a message arrived on; only this thread changes it
+        # (on each connect), and on_message reads it from this thread too.
+        self.connection = 0
+        self._acks: collections.deque[tuple[int, int, int]] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt-receive", daemon=True)
 
@@ -210,21 +236,46 @@ class ReceiveLoop:
         except OSError as exc:
             where = f"{endpoint.host}:{endpoint.port}"
             raise MqttUnavailable(f"MQTT broker {where} unreachable: {exc.strerror or exc}") from None
+        self.connection += 1
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Disconnect cleanly (DISCONNECT sent: no Last Will) and end the thread."""
+        """Send the PUBACKs handed over so far, disconnect cleanly (DISCONNECT
+        sent: no Last Will) and end the thread."""
         self._stop.set()
+        self._wake()
         self._thread.join(timeout_s)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def ack_later(self, acks: Sequence[tuple[int, int, int]]) -> None:
+        """Acknowledge these (connection, mid, qos) from the network thread (any thread may call)."""
+        if acks:
+            self._acks.extend(acks)
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # already awake (buffer full) or closing
+            self._wake_w.send(b"\0")
+
+    def _acks_send(self) -> None:
+        acks, client = self._acks, self.client
+        while acks:
+            connection, mid, qos = acks.popleft()
+            if connection == self.connection and client.socket() is not None:
+                client.ack(mid, qos)
+            # else: an older connection's message; the broker redelivers it (DUP)
+            # and it is recorded idempotently and acknowledged then.
 
     def _run(self) -> None:
         delay, max_delay = 0.5, max(2.0, self.cfg.backoff_ms * 2**self.cfg.max_retries / 1000)
-        client = self.client
+        client, wake = self.client, self._wake_r
         while not self._stop.is_set():
             sock = client.socket()
             if sock is None:
                 try:
                     client.reconnect()
+                    self.connection += 1
                     delay = 0.5
                 except OSError as exc:  # includes TLS errors
                     log.warning("MQTT reconnect failed (%s); next try in %.1f s", exc.strerror or exc, delay)
@@ -233,10 +284,15 @@ class ReceiveLoop:
                 continue
             try:
                 wlist = [sock] if client.want_write() else []
-                readable, _, _ = select.select([sock], wlist, [], 0.25)
+                readable, _, _ = select.select([sock, wake], wlist, [], 0.25)
             except (OSError, ValueError):  # closed under us: paho notices below
                 readable = []
-            if readable or (getattr(sock, "pending", None) and sock.pending()):
+            if wake in readable:
+                with contextlib.suppress(OSError):  # drained (BlockingIOError)
+                    while wake.recv(4096):
+                        pass
+            self._acks_send()
+            if sock in readable or (getattr(sock, "pending", None) and sock.pending()):
                 for _ in range(self.max_burst):
                     if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is not sock:
                         break
@@ -247,6 +303,10 @@ class ReceiveLoop:
                     client.loop_write()
                 client.loop_misc()
         if client.socket() is not None:
+            self._acks_send()
+            deadline = time.monotonic() + 2.0
+            while client.want_write() and client.socket() is not None and time.monotonic() < deadline:
+                client.loop_write()
             client.disconnect()
 
 

@@ -217,6 +217,26 @@ def test_commands_are_acked_per_spec(start_sim, listen, mqtt_client, prefix):
         assert stamp.utcoffset() == timedelta(0) and abs(stamp - datetime.now(UTC)) < timedelta(seconds=30)
 
 
+def test_the_ledger_records_every_command_and_every_ack_sent(
+    start_sim, listen, mqtt_client, prefix, tmp_path
+):
+    acks = listen("vehicle/+/ack")
+    ledger = tmp_path / "ledger.jsonl"
+    sim = start_sim("--count", "2", *PLUGGED, "--ledger", str(ledger))
+    vid = ids(prefix, 2)[0]
+    command_id, payload = command(vid, 3.0)
+    send(mqtt_client, vid, payload)
+    send(mqtt_client, vid, payload)  # as a QoS 1 redelivery would: the same ack again
+    acks.wait(2)
+    sim.stop()
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [(r["event"], r.get("duplicate"), r.get("status")) for r in lines] == [
+        ("command", False, None), ("ack", None, "accepted"), ("command", True, None), ("ack", None, "accepted"),
+    ]  # fmt: skip
+    assert {(r["command_id"], r["vehicle_id"]) for r in lines} == {(command_id, vid)}
+    assert all(datetime.fromisoformat(r["at"]).utcoffset() == timedelta(0) for r in lines)
+
+
 def test_rejects_and_drops_follow_the_rates_and_the_seed(start_sim, listen, mqtt_client, prefix):
     acks = listen("vehicle/+/ack")
     sim = start_sim("--count", "20", *PLUGGED, "--seed", "7", "--drop-rate", "0.2", "--reject-rate", "0.3",
