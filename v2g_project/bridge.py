@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import paho.mqtt.client as paho
 from django.db import DatabaseError, close_old_connections
 from django.utils.module_loading import import_string
 from prometheus_client import Counter, Gauge
@@ -110,6 +111,13 @@ def platform_routes(config: Config) -> list[Route]:
     return [Route("platform_lwt", config.mqtt.lwt_topic, platform_lwt_handle, qos=config.mqtt.lwt_qos)]
 
 
+def subscription_filter(topic: str, shared_group: str) -> str:
+    """What the bridge subscribes to for a route: with a shared group, the MQTT 5
+    shared subscription $share/<group>/<topic>, so that the broker gives each
+    message to one bridge of the group only."""
+    return f"$share/{shared_group}/{topic}" if shared_group else topic
+
+
 def routes_load(config: Config, providers: Sequence[str]) -> list[Route]:
     routes: list[Route] = []
     for path in providers:
@@ -131,7 +139,13 @@ class Bridge:
 
     def __post_init__(self) -> None:
         self._queue = queue.Queue(maxsize=self.queue_max)
-        self.client = mqtt.client_create(self.config.mqtt, "bridge")
+        self.handled: dict[str, int] = defaultdict(int)  # by route, logged at stop
+        # Shared subscriptions are MQTT 5; messages still arrive on their own
+        # topic, so the callbacks below keep matching the plain filters.
+        group = self.config.mqtt.shared_group
+        self.client = mqtt.client_create(
+            self.config.mqtt, "bridge", protocol=paho.MQTTv5 if group else paho.MQTTv311
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -153,13 +167,16 @@ class Bridge:
             log.info("bridge connected; subscribed to nothing")
             self._connected.set()
             return
-        client.subscribe([(route.topic, route.qos) for route in self.routes])
+        group = self.config.mqtt.shared_group
+        client.subscribe([(subscription_filter(route.topic, group), route.qos) for route in self.routes])
 
     def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
-        refused = [r.topic for r, code in zip(self.routes, reason_codes, strict=False) if code.is_failure]
+        group = self.config.mqtt.shared_group
+        topics = [subscription_filter(r.topic, group) for r in self.routes]
+        refused = [topic for topic, code in zip(topics, reason_codes, strict=False) if code.is_failure]
         for topic in refused:
             log.error("subscription to %s refused by the broker (check the ACL)", topic)
-        log.info("bridge connected; subscribed to %s", ", ".join(r.topic for r in self.routes))
+        log.info("bridge connected; subscribed to %s", ", ".join(topics))
         self._connected.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
@@ -230,6 +247,7 @@ class Bridge:
         for name, messages in by_route.items():
             if self._handle(routes[name], messages):
                 MESSAGES.labels(name, "handled").inc(len(messages))
+                self.handled[name] += len(messages)
             else:
                 MESSAGES.labels(name, "error").inc(len(messages))
 
@@ -289,3 +307,10 @@ class Bridge:
         self._network.stop()
         self._worker.join(timeout=30)
         close_old_connections()
+        # With a shared subscription, how this bridge's share of the load went.
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(self.handled.items()))
+        log.info(
+            "bridge stopped; handled %d message(s)%s",
+            sum(self.handled.values()),
+            f": {counts}" * bool(counts),
+        )
