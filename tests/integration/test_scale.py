@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from dispatch.models import Command, CommandStatus, Dispatch, DispatchStatus, FlexibilitySignal
@@ -26,6 +27,7 @@ from fleet.models import Fleet, Vehicle
 from telemetry.models import VehicleState, VehicleStateHistory
 from tests.conftest import (
     ROOT,
+    replace,
     start_worker,
     stop_process,
     subprocess_env,
@@ -209,3 +211,27 @@ def test_two_bridges_share_acks_and_states_and_handle_each_once(split, bridges, 
     assert sum(c.get("state", 0) for c in counts) == states
     assert all(c.get("ack", 0) > 0 and c.get("state", 0) > 0 for c in counts), counts
     print(f"bridge shares (ack, state): {[(c.get('ack'), c.get('state')) for c in counts]}")
+
+
+def test_health_names_a_queue_no_worker_consumes(split, settings, capsys):
+    celery = settings.V2G.celery
+    queues = replace(celery.queues, dispatch=split["dispatch_q"], telemetry=split["background_q"])
+    queues = replace(queues, planning=split["background_q"], kpis=f"{split['name']}-nobody")
+    settings.V2G = replace(
+        settings.V2G, celery=replace(celery, default_queue=split["dispatch_q"], queues=queues)
+    )
+    with pytest.raises(CommandError, match="unavailable: queues"):
+        call_command("health", "--worker", "--timeout", "3")
+    assert f"no worker answered on queue(s) {split['name']}-nobody within 3.0s" in capsys.readouterr().out
+
+    settings.V2G = replace(
+        settings.V2G,
+        celery=replace(
+            celery, default_queue=split["dispatch_q"], queues=replace(queues, kpis=split["background_q"])
+        ),
+    )
+    call_command("health", "--worker", "--timeout", "10")
+    assert (
+        f"a worker answered on each of {split['dispatch_q']}, {split['background_q']}"
+        in capsys.readouterr().out
+    )

@@ -64,7 +64,9 @@ class Command(BaseCommand):
         except mqtt.MqttUnavailable:
             client, topic = None, ""  # still check the worker itself
         try:
-            answer = health_ping.delay(secrets.token_hex(4), topic).get(timeout=timeout)
+            answer = health_ping.apply_async(
+                args=[secrets.token_hex(4), topic], queue=settings.V2G.celery.default_queue
+            ).get(timeout=timeout)
             if client is not None and not heard.wait(timeout):
                 return {"ok": False, "error": "worker answered but its MQTT publish never arrived"}
         except Exception as exc:  # noqa: BLE001 - TimeoutError, broker errors: all mean "down"
