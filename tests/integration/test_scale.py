@@ -143,7 +143,7 @@ def test_a_long_background_job_never_delays_a_dispatch(split, tmp_path):
         assert (jobs[0].state, jobs[1].state) == ("STARTED", "PENDING")
     finally:
         release.touch()
-    assert all(job.get(timeout=30) < 60 for job in jobs)
+    assert all(job.get(timeout=30)["held_s"] < 60 for job in jobs)
     dispatch_log, background_log = split["logs"] / "dispatch.log", split["logs"] / "background.log"
     for task in ("dispatch.allocate", "dispatch.publish", "dispatch.collect"):
         assert received(dispatch_log, task) >= 1 and received(background_log, task) == 0, task
@@ -235,3 +235,30 @@ def test_health_names_a_queue_no_worker_consumes(split, settings, capsys):
         f"a worker answered on each of {split['dispatch_q']}, {split['background_q']}"
         in capsys.readouterr().out
     )
+
+
+def test_one_worker_on_every_queue_takes_dispatch_work_before_waiting_background_work(tmp_path):
+    """A single worker (one process) consuming a dispatch and a background
+    queue: a dispatch-class task sent after two long jobs runs as soon as the
+    first one ends, before the second (Redis priorities, v2g_project/queues.py)."""
+    name = f"one{secrets.token_hex(3)}"
+    dispatch_q, background_q = f"{name}-dispatch", f"{name}-background"
+    log = tmp_path / "worker.log"
+    worker = start_worker(
+        log, f"{dispatch_q},{background_q}", concurrency=1, extra_args=("--include", "tests.scale_tasks")
+    )
+    try:
+        worker_ready(dispatch_q, log)
+        releases = [tmp_path / "release-1", tmp_path / "release-2"]
+        jobs = [app.send_task("kpis.test_busy", args=[str(r)], queue=background_q) for r in releases]
+        wait_for(lambda: jobs[0].state == "STARTED", 30, "the first long job to start")
+        marked = app.send_task("dispatch.test_mark", queue=dispatch_q)
+        releases[0].touch()
+        ran_at = marked.get(timeout=30)
+        releases[1].touch()
+        second = jobs[1].get(timeout=30)
+    finally:
+        for release in releases:
+            release.touch()
+        stop_process(worker)
+    assert ran_at < second["started"]
