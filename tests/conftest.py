@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -235,9 +235,26 @@ TEST_PROCESS_ENV = {
 }
 
 
-def start_worker(log_path: Path, queue: str, concurrency: int = 2, **env: str) -> subprocess.Popen:
-    """A real Celery worker process (prefork) on ``queue``, using the same broker
-    and the same test database as the tests."""
+def queue_env(queue: str) -> dict[str, str]:
+    """The environment that sends every task of a process to ``queue``: its
+    default queue and every routed class (celery.queues, v2g_project/queues.py),
+    so a test's processes keep their follow-up tasks to themselves."""
+    from v2g_project.queues import CLASS_ORDER
+
+    return {
+        "K_CELERY__DEFAULT_QUEUE": queue,
+        **{f"K_CELERY__QUEUES__{cls.upper()}": queue for cls in CLASS_ORDER},
+    }
+
+
+def start_worker(
+    log_path: Path, queue: str, concurrency: int = 2, extra_args: Sequence[str] = (), **env: str
+) -> subprocess.Popen:
+    """A real Celery worker process (prefork) on ``queue`` (a comma-separated
+    list: several), using the same broker and the same test database as the
+    tests. With K_CELERY__DEFAULT_QUEUE, its routed tasks go there too."""
+    if "K_CELERY__DEFAULT_QUEUE" in env:
+        env = {**queue_env(env["K_CELERY__DEFAULT_QUEUE"]), **env}
     environment = subprocess_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]),
         # ``env`` may name another broker (tests/reliability run a Redis of their own).
@@ -259,11 +276,12 @@ def start_worker(log_path: Path, queue: str, concurrency: int = 2, **env: str) -
                 "--queues",
                 queue,
                 "--hostname",
-                f"{queue}-{secrets.token_hex(3)}@%h",
+                f"{queue.split(',')[0]}-{secrets.token_hex(3)}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel",
                 "INFO",
+                *extra_args,
             ],
             cwd=ROOT,
             env=environment,
@@ -286,22 +304,25 @@ def worker_ready(queue: str, log_path: Path) -> None:
     from v2g_project.tasks import health_ping
 
     try:
-        health_ping.apply_async(args=["ready"], queue=queue).get(timeout=90)
+        health_ping.apply_async(args=["ready"], queue=queue.split(",")[0]).get(timeout=90)
     except Exception as exc:
         raise RuntimeError(f"worker did not start: {exc}\n{log_path.read_text()[-4000:]}") from exc
 
 
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict]:
-    """The worker of the platform: consumes the default queue (the broker of the
-    tests is their own Redis database, see the Makefile), purged first."""
+    """The worker of the platform: consumes every queue, the default one and the
+    routed ones (the broker of the tests is their own Redis database, see the
+    Makefile), purged first."""
     from v2g_project.celery import app
+    from v2g_project.queues import queue_names
 
-    queue = app.conf.task_default_queue
+    queue, every = app.conf.task_default_queue, queue_names(settings.V2G.celery)
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(queue)
+        for name in every:
+            conn.default_channel.queue_purge(name)
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = start_worker(log_path, queue)
+    proc = start_worker(log_path, ",".join(every))
     try:
         worker_ready(queue, log_path)
         yield {"queue": queue, "process": proc, "log": log_path}

@@ -29,9 +29,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 PRODUCTION_CONFIG = ROOT / "deploy" / "config.production.yaml"
 
 REQUIRED_SERVICES = {
-    "web", "worker", "beat", "bridge", "redis", "mosquitto", "postgres", "migrate",
+    "web", "worker", "worker-background", "beat", "bridge", "redis", "mosquitto", "postgres", "migrate",
     "prometheus", "grafana", "flower",
 }  # fmt: skip
+APP_SERVICES = ("web", "worker", "worker-background", "beat", "bridge")
 ONE_SHOT_SERVICES = {"migrate"}  # run to completion before the others: no health to check
 # 16.6-alpine, 7.2.7-alpine, 2.0.20, 3.11.11-slim-bookworm, v2.55.1
 VERSION_TAG = re.compile(r"^v?\d+(\.\d+)+")
@@ -129,7 +130,7 @@ def test_the_platform_trusts_the_brokers_ca_and_speaks_tls():
     assert production["mqtt"]["url"].startswith("ssl://mosquitto:8883")
     assert production["mqtt"]["auth_method"] == "password"
     ca = production["mqtt"]["ca_bundle"]
-    for name in ("web", "worker", "beat", "bridge"):
+    for name in APP_SERVICES:
         mounts = _bind_sources(_compose()["services"][name])
         assert any(ca.startswith(target + "/") for _, target in mounts), (name, ca)
         # Only the CA: the broker's private key is not mounted into the application.
@@ -153,8 +154,9 @@ def test_every_service_has_a_healthcheck_and_a_restart_policy():
 def test_application_healthchecks_check_what_matters():
     services = _compose()["services"]
     assert "/healthz" in " ".join(services["web"]["healthcheck"]["test"])  # liveness, not readiness
-    worker = services["worker"]["healthcheck"]["test"][1]
-    assert "inspect ping" in worker and "celery@$$HOSTNAME" in worker  # this container's node only
+    for name in ("worker", "worker-background"):
+        worker = services[name]["healthcheck"]["test"][1]
+        assert "inspect ping" in worker and "celery@$$HOSTNAME" in worker  # this container's node only
     assert "v2g_project.heartbeat var/run/beat.alive" in services["beat"]["healthcheck"]["test"][1]
     assert "v2g_project.heartbeat var/run/mqtt_bridge.alive" in services["bridge"]["healthcheck"]["test"][1]
 
@@ -215,9 +217,29 @@ def test_the_prometheus_multiprocess_directory_is_wiped_before_the_app_starts():
     )
 
 
+def _worker_queues(service: dict) -> set[str]:
+    command = service["command"]
+    return set(command[command.index("--queues") + 1].split(","))
+
+
+def test_the_dispatch_and_background_workers_cover_every_queue_and_share_none():
+    from v2g_project.config import load_config
+    from v2g_project.queues import queue_names
+
+    services = _compose()["services"]
+    config = load_config(_production_env(), path=PRODUCTION_CONFIG)
+    dispatch, background = _worker_queues(services["worker"]), _worker_queues(services["worker-background"])
+    assert dispatch == {config.celery.queues.dispatch, config.celery.default_queue}
+    assert not dispatch & background
+    assert dispatch | background == set(queue_names(config.celery))
+    # One Beat, and bridges that can be scaled: they share one subscription group.
+    assert config.mqtt.shared_group
+    assert "--concurrency" in services["worker"]["command"]
+
+
 def test_app_services_wait_for_migrations():
     services = _compose()["services"]
-    for name in ("web", "worker", "beat", "bridge"):
+    for name in APP_SERVICES:
         depends = services[name].get("depends_on", {})
         assert depends.get("migrate", {}).get("condition") == "service_completed_successfully", name
 

@@ -20,7 +20,15 @@ import pytest
 import yaml
 from django.conf import settings
 
-from tests.conftest import ROOT, bridge_session_clear, database_url, stop_process, subprocess_env, wait_for
+from tests.conftest import (
+    ROOT,
+    bridge_session_clear,
+    database_url,
+    queue_env,
+    stop_process,
+    subprocess_env,
+    wait_for,
+)
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
@@ -146,7 +154,7 @@ def test_beat_keeps_its_heartbeat_fresh_while_it_runs(tmp_path):
         DATABASE_URL=database_url(settings.DATABASES["default"]),
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         # Whatever falls due goes to a queue no worker of the test session reads.
-        K_CELERY__DEFAULT_QUEUE=f"beat-health-{secrets.token_hex(3)}",
+        **queue_env(f"beat-health-{secrets.token_hex(3)}"),
         K_CELERY__BEAT_HEARTBEAT_FILE=str(alive),
     )
     log_path = tmp_path / "beat.log"

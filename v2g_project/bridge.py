@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import paho.mqtt.client as paho
 from django.db import DatabaseError, close_old_connections
 from django.utils.module_loading import import_string
 from prometheus_client import Counter, Gauge
@@ -157,6 +159,13 @@ def platform_routes(config: Config) -> list[Route]:
     return [Route("platform_lwt", config.mqtt.lwt_topic, platform_lwt_handle, qos=config.mqtt.lwt_qos)]
 
 
+def subscription_filter(topic: str, shared_group: str) -> str:
+    """What the bridge subscribes to for a route: with a shared group, the MQTT 5
+    shared subscription $share/<group>/<topic>, so that the broker gives each
+    message to one bridge of the group only."""
+    return f"$share/{shared_group}/{topic}" if shared_group else topic
+
+
 def routes_load(config: Config, providers: Sequence[str]) -> list[Route]:
     routes: list[Route] = []
     for path in providers:
@@ -178,13 +187,26 @@ class Bridge:
 
     def __post_init__(self) -> None:
         self._queue = queue.Queue(maxsize=self.queue_max)
+        self.handled: dict[str, int] = defaultdict(int)  # by route, logged at stop
         cfg = self.config.mqtt
-        self.client_id = cfg.bridge_client_id or f"{cfg.client_id}-bridge"
+        # "{hostname}" makes one id per host or container (replicas of one
+        # compose service), stable across restarts of that container.
+        self.client_id = (cfg.bridge_client_id or f"{cfg.client_id}-bridge").replace(
+            "{hostname}", socket.gethostname()
+        )
         # A persistent session under a stable id: the broker keeps the
         # subscriptions and queues QoS 1 acks while the bridge is down; PUBACKs
         # are sent by hand once a message is recorded (see the module doc).
+        # Shared subscriptions (mqtt.shared_group) are MQTT 5; messages still
+        # arrive on their own topic, so the callbacks below keep matching the
+        # plain filters.
         self.client = mqtt.client_create(
-            cfg, "bridge", client_id=self.client_id, clean_session=False, manual_ack=True
+            cfg,
+            "bridge",
+            client_id=self.client_id,
+            clean_session=False,
+            manual_ack=True,
+            protocol=paho.MQTTv5 if cfg.shared_group else paho.MQTTv311,
         )
         # A message no route takes (a subscription the broker kept in the session
         # from an earlier configuration) is still acknowledged: left unacknowledged
@@ -213,13 +235,16 @@ class Bridge:
             log.info("bridge connected; subscribed to nothing")
             self._connected.set()
             return
-        client.subscribe([(route.topic, route.qos) for route in self.routes])
+        group = self.config.mqtt.shared_group
+        client.subscribe([(subscription_filter(route.topic, group), route.qos) for route in self.routes])
 
     def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
-        refused = [r.topic for r, code in zip(self.routes, reason_codes, strict=False) if code.is_failure]
+        group = self.config.mqtt.shared_group
+        topics = [subscription_filter(r.topic, group) for r in self.routes]
+        refused = [topic for topic, code in zip(topics, reason_codes, strict=False) if code.is_failure]
         for topic in refused:
             log.error("subscription to %s refused by the broker (check the ACL)", topic)
-        log.info("bridge connected; subscribed to %s", ", ".join(r.topic for r in self.routes))
+        log.info("bridge connected; subscribed to %s", ", ".join(topics))
         self._connected.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
@@ -317,6 +342,7 @@ class Bridge:
                 recorded = False
             elif outcome:
                 MESSAGES.labels(name, "handled").inc(len(messages))
+                self.handled[name] += len(messages)
             else:
                 MESSAGES.labels(name, "error").inc(len(messages))
         if recorded:
@@ -386,3 +412,10 @@ class Bridge:
         self._worker.join(timeout=30)
         self._network.stop()
         close_old_connections()
+        # With a shared subscription, how this bridge's share of the load went.
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(self.handled.items()))
+        log.info(
+            "bridge stopped; handled %d message(s)%s",
+            sum(self.handled.values()),
+            f": {counts}" * bool(counts),
+        )

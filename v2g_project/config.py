@@ -75,7 +75,9 @@ class MqttConfig(Section):
     # The MQTT bridge's own, stable client id: its broker session (clean
     # session off) keeps the QoS 1 acks that arrive while it is down. Empty:
     # "{client_id}-bridge". Several bridges on one broker need one id each.
-    bridge_client_id: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9._:-]*$")
+    bridge_client_id: str = Field(
+        "", max_length=100, pattern=r"^(?:[A-Za-z0-9._:-]|\{hostname\})*$"
+    )
     username: str = ""
     password: SecretStr = SecretStr("")
     auth_method: Literal["none", "password", "tls"] = "none"
@@ -95,6 +97,12 @@ class MqttConfig(Section):
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     max_inflight: Annotated[int, Field(ge=1, le=65_535)] = 1000
+    # Non-empty: the bridge connects with MQTT 5 and subscribes to
+    # $share/<shared_group>/<topic>, so several bridges in the group split the
+    # acks and telemetry (each message goes to one of them). Empty: plain
+    # subscriptions (one bridge; a second one would record everything twice,
+    # harmlessly but for nothing).
+    shared_group: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
 
     @field_validator("url")
     @classmethod
@@ -428,6 +436,20 @@ class DatabaseConfig(Section):
 BROKER_TRANSPORTS = frozenset(name.lower() for name in TRANSPORT_ALIASES)
 
 
+QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class CeleryQueues(Section):
+    """The queue of each class of tasks (v2g_project.queues). Give several
+    classes one name to share a queue; give them celery.default_queue to turn
+    routing off."""
+
+    dispatch: QueueName = "dispatch"  # allocation, publish, ack collection, fallback, plan slots
+    telemetry: QueueName = "telemetry"  # pull rounds, discovery, history purge, profiles
+    planning: QueueName = "planning"  # day-ahead plans
+    kpis: QueueName = "kpis"  # KPI recomputation and backfills
+
+
 class CeleryConfig(Section):
     broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     result_backend: SecretStr = SecretStr("")  # empty: same as broker_url
@@ -435,6 +457,10 @@ class CeleryConfig(Section):
     filesystem_dir: str = "var/celery"
     # The queue tasks are sent to and a worker consumes when not told otherwise.
     default_queue: str = Field("celery", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+    queues: CeleryQueues = CeleryQueues()
+    # Messages a worker process reserves beyond the one it runs: 1 keeps a long
+    # task from holding back messages another process could run now.
+    prefetch_multiplier: Annotated[int, Field(ge=1, le=64)] = 1
     task_time_limit_s: PositiveInt = 300
     task_soft_time_limit_s: PositiveInt = 240
     visibility_timeout_s: PositiveInt = 3600

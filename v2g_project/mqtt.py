@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from v2g_project.config import MqttConfig
 
@@ -110,6 +112,10 @@ def client_create(
         clean_session=None if protocol == paho.MQTTv5 else clean_session,
         manual_ack=manual_ack,
     )
+    if protocol == paho.MQTTv5:
+        # MQTT 5 has no clean-session flag: a kept session is clean_start=False
+        # at CONNECT plus a session expiry (paho keeps both for its reconnects).
+        client._v2g_clean_start = clean_session
     if endpoint.transport == "websockets":
         client.ws_set_options(path=endpoint.path)
     client.on_socket_open = _nodelay
@@ -131,6 +137,21 @@ def client_create(
     return client
 
 
+# How long the broker keeps an MQTT 5 client's session while it is away: the
+# same 7 days as persistent_client_expiration in deploy/mosquitto/*.conf.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+def connect_args(client: paho.Client) -> dict:
+    """Extra arguments of ``client.connect`` for an MQTT 5 client created with
+    ``clean_session=False``: clean_start off and a session expiry."""
+    if getattr(client, "_v2g_clean_start", True):
+        return {}
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = SESSION_EXPIRY_S
+    return {"clean_start": False, "properties": properties}
+
+
 def connect(client: paho.Client, cfg: MqttConfig, *, timeout_s: float | None = None) -> None:
     """Connect, start the network loop and wait for CONNACK; raise MqttUnavailable."""
     endpoint = endpoint_parse(cfg)
@@ -148,7 +169,7 @@ def connect(client: paho.Client, cfg: MqttConfig, *, timeout_s: float | None = N
     client.on_connect = on_connect
     where = f"{endpoint.host}:{endpoint.port}"
     try:
-        client.connect(endpoint.host, endpoint.port, keepalive=cfg.keepalive_s)
+        client.connect(endpoint.host, endpoint.port, keepalive=cfg.keepalive_s, **connect_args(client))
     except ssl.SSLCertVerificationError as exc:
         raise MqttUnavailable(
             f"MQTT broker {where}: TLS certificate rejected ({exc.verify_message})"
@@ -228,7 +249,9 @@ class ReceiveLoop:
         """Connect (raising MqttUnavailable) and start the loop thread."""
         endpoint = endpoint_parse(self.cfg)
         try:
-            self.client.connect(endpoint.host, endpoint.port, keepalive=self.cfg.keepalive_s)
+            self.client.connect(
+                endpoint.host, endpoint.port, keepalive=self.cfg.keepalive_s, **connect_args(self.client)
+            )
         except ssl.SSLError as exc:
             raise MqttUnavailable(
                 f"MQTT broker {endpoint.host}:{endpoint.port}: TLS failed ({exc.reason})"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from v2g_project import multiproc
+from v2g_project import multiproc, queues
 from v2g_project.config import DEV_SECRET_KEY, ConfigError, load_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -243,6 +243,11 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # kombu's Redis transport, but a worker survives a Redis restart (see the module).
     CELERY_BROKER_TRANSPORT = "v2g_project.broker_recovery:Transport"
 CELERY_TASK_DEFAULT_QUEUE = V2G.celery.default_queue
+# One queue per class of work (dispatch, telemetry, planning, kpis) with Redis
+# priorities: v2g_project/queues.py, README "Scaling out".
+CELERY_TASK_QUEUES = queues.task_queues(V2G.celery)
+CELERY_TASK_ROUTES = queues.task_routes(V2G.celery)
+CELERY_WORKER_PREFETCH_MULTIPLIER = V2G.celery.prefetch_multiplier
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -32,6 +32,7 @@ from telemetry.tasks import telemetry_poll_task, telemetry_purge_task
 from tests.conftest import (
     ROOT,
     database_url,
+    queue_env,
     replace,
     start_worker,
     stop_process,
@@ -159,7 +160,7 @@ def signal_submit(queue: str, fleet: Fleet, power_kw: float) -> Dispatch:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env=subprocess_env(
             DATABASE_URL=database_url(django_settings.DATABASES["default"]),
-            CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL, K_CELERY__DEFAULT_QUEUE=queue,
+            CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL, **queue_env(queue),
         ),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
