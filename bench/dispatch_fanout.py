@@ -7,18 +7,23 @@ For each N it measures, on the same broker:
       real MQTT bridge and N simulated vehicles acking at once;
 and the publish-to-ack latency percentiles of both.
 
-    python -m bench.dispatch_fanout --vehicles 1000 10000
+    python -m bench.dispatch_fanout --vehicles 1000 10000 [--concurrency 2] [--simulators 1]
+
+``--concurrency``: Celery worker processes (prefork). ``--simulators K``: the
+vehicles are answered by K processes sharing the command subscription, in the
+raw round trip and in the system run alike (one Python process answering
+50,000 commands is slower than the platform it would measure).
 
 Needs Redis, PostgreSQL (DATABASE_URL, default postgres://v2g:v2g@127.0.0.1:5432/v2g_bench,
 created if missing) and the mosquitto binary: it starts its own broker from
-deploy/mosquitto/mosquitto.conf on a free port. Writes bench/results/dispatch_fanout.json.
+deploy/mosquitto/mosquitto.conf on a free port. Writes bench/results/dispatch_fanout.json
+(``--out NAME``: bench/results/NAME.json; ``BENCH_RESULTS`` moves the directory).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import signal
@@ -32,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
 
 
 def free_port() -> int:
@@ -61,8 +66,9 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("mosquitto did not start")
 
 
-def fleet_responder(url: str, ready, stop) -> None:
-    """N vehicles behind one client: every command acked at once."""
+def fleet_responder(url: str, prefix: str, ready, stop, fleets: int = 1) -> None:
+    """N vehicles (or their share of them) behind one client: every command acked at once."""
+    from bench.mqtt_roundtrip import command_filter
     from v2g_project import mqtt
     from v2g_project.config import MqttConfig
 
@@ -83,9 +89,9 @@ def fleet_responder(url: str, ready, stop) -> None:
     subscribed = threading.Event()
     client.on_subscribe = lambda *_: subscribed.set()
     mqtt.connect(client, cfg)
-    client.subscribe("vehicle/+/command", qos=1)
+    client.subscribe(command_filter(prefix, fleets), qos=1)
     subscribed.wait(10)
-    ready.set()
+    ready.release()
     stop.wait()
     mqtt.disconnect(client)
 
@@ -136,6 +142,14 @@ def main() -> None:
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--repeat", type=int, default=3, help="Tries per N; the median ratio is reported.")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get("BENCH_CONCURRENCY", "2")),
+        help="Celery worker processes (default 2)",
+    )
+    parser.add_argument("--simulators", type=int, default=1, help="vehicle processes sharing the commands")
+    parser.add_argument("--out", default="dispatch_fanout", help="results file name (without .json)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="v2g-bench-"))
@@ -159,6 +173,7 @@ def main() -> None:
     import django
 
     django.setup()
+    from bench.mqtt_roundtrip import fleets_start
     from bench.mqtt_roundtrip import run as raw_round_trip
     from v2g_project.celery import app
 
@@ -169,7 +184,7 @@ def main() -> None:
     commands = {
         "worker": [
             *(sys.executable, "-m", "celery", "-A", "v2g_project", "worker"),
-            *("--concurrency", os.environ.get("BENCH_CONCURRENCY", "2")),
+            *("--concurrency", str(args.concurrency)),
             *("--without-gossip", "--without-mingle", "--loglevel", "WARNING"),
         ],
         "bridge": [sys.executable, "manage.py", "mqtt_bridge"],
@@ -178,18 +193,14 @@ def main() -> None:
     for name, command in commands.items():
         with open(logs / f"{name}.log", "wb") as log:
             procs[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    responder = ctx.Process(target=fleet_responder, args=(mqtt_url, ready, stop), daemon=True)
-    responder.start()
+    responders, stop = fleets_start(fleet_responder, mqtt_url, "vehicle", args.simulators)
     rows = []
     try:
-        ready.wait(30)
         _warm_up(procs)
         groups = {
             "worker": [procs["worker"].pid, *_children(procs["worker"].pid)],
             "bridge": [procs["bridge"].pid],
-            "vehicles": [responder.pid],
+            "vehicles": [responder.pid for responder in responders],
             "mosquitto": [broker.pid],
             "postgres": _postgres_pids(),
             "bench": [os.getpid()],
@@ -197,7 +208,7 @@ def main() -> None:
         for n in args.vehicles:
             tries = []
             for _ in range(args.repeat):
-                raw = raw_round_trip(mqtt_url, n, args.timeout)
+                raw = raw_round_trip(mqtt_url, n, args.timeout, args.simulators)
                 before = cpu_snapshot(groups)
                 system = _system_run(n, args.timeout)
                 after = cpu_snapshot(groups)
@@ -219,6 +230,8 @@ def main() -> None:
             )
     finally:
         stop.set()
+        for responder in responders:
+            responder.join(10)
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
         for proc in procs.values():
@@ -235,13 +248,15 @@ def main() -> None:
             f"{raw['p50_ms']:>8} {raw['p99_ms']:>8} {system['p50_ms']:>8} {system['p99_ms']:>8} "
             f"{system['acked']:>7}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "dispatch_fanout.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{args.out}.json"
     summary = {
         "benchmark": "dispatch_fanout",
         "at": datetime.now(UTC).isoformat(),
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
+        "worker_processes": args.concurrency,
+        "simulators": args.simulators,
         "runs": rows,
     }
     out.write_text(json.dumps(summary, indent=2))

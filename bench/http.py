@@ -1,5 +1,5 @@
 """What the API benchmarks share: a migrated bench database with Django set up,
-a staff session, a gunicorn server on a free loopback port, and timing
+a superuser session, a gunicorn server on a free loopback port, and timing
 repeated GETs."""
 
 from __future__ import annotations
@@ -44,14 +44,17 @@ def django_setup(database_url: str, name: str, **overrides: str) -> dict[str, st
 
 
 def session_cookie() -> str:
-    """A logged-in staff session (Django must be set up) as a Cookie header value."""
+    """A logged-in superuser session (Django must be set up) as a Cookie header value."""
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_staff": True})
-    if not user.is_staff:
-        user.is_staff = True
-        user.save(update_fields=["is_staff"])
+    # A superuser: it sees every fleet (a staff user sees only the fleets its operator access grants).
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench", defaults={"is_staff": True, "is_superuser": True}
+    )
+    if not (user.is_staff and user.is_superuser):
+        user.is_staff = user.is_superuser = True
+        user.save(update_fields=["is_staff", "is_superuser"])
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"

@@ -24,9 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database, start_broker
-
-RESULTS = ROOT / "bench" / "results"
+from bench.dispatch_fanout import RESULTS, ROOT, _ensure_database, start_broker
 
 
 def burst(url: str, vehicle_ids: list[str], qos: int) -> float:
@@ -153,7 +151,7 @@ def main() -> None:
         f"{args.vehicles:>7} {args.qos:>3} {raw['per_s']:>11} {raw['received']:>8} "
         f"{recorded:>9} {result['system']['wall_s']:>7} {result['system']['per_s']:>9}"
     )
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "telemetry_ingest.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"written {out}")
