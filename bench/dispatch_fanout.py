@@ -150,6 +150,8 @@ def main() -> None:
     )
     parser.add_argument("--simulators", type=int, default=1, help="vehicle processes sharing the commands")
     parser.add_argument("--out", default="dispatch_fanout", help="results file name (without .json)")
+    parser.add_argument("--scaling", type=int, metavar="N", default=0,
+                        help="then N vehicles with 1, then 2 worker processes (throughput)")  # fmt: skip
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="v2g-bench-"))
@@ -161,7 +163,10 @@ def main() -> None:
         "K_MQTT__URL": mqtt_url,
         "K_METRICS__MULTIPROC_DIR": str(workdir / "prometheus"),
         "K_LOGGING__LEVEL": "WARNING",
-        "K_DISPATCH__ACK_TIMEOUT_SECONDS": "30",
+        # The ack deadline and the publish expiry as long as the run may take: a round
+        # of 50,000 on a busy 2-core machine must not be cut short (timed out, fallback).
+        "K_DISPATCH__ACK_TIMEOUT_SECONDS": str(int(args.timeout)),
+        "K_DISPATCH__PUBLISH_EXPIRES_SECONDS": str(int(args.timeout)),
         "K_DISPATCH__DEFAULT_STRATEGY": "equal",
         "DJANGO_SETTINGS_MODULE": "v2g_project.settings",
         "PYTHONUNBUFFERED": "1",
@@ -181,22 +186,26 @@ def main() -> None:
         conn.default_channel.queue_purge(app.conf.task_default_queue)
     logs = workdir / "logs"
     logs.mkdir()
-    commands = {
-        "worker": [
+
+    def worker_command(concurrency: int) -> list[str]:
+        return [
             *(sys.executable, "-m", "celery", "-A", "v2g_project", "worker"),
-            *("--concurrency", str(args.concurrency)),
+            *("--concurrency", str(concurrency)),
             *("--without-gossip", "--without-mingle", "--loglevel", "WARNING"),
-        ],
-        "bridge": [sys.executable, "manage.py", "mqtt_bridge"],
-    }  # fmt: skip
-    procs = {}
-    for name, command in commands.items():
-        with open(logs / f"{name}.log", "wb") as log:
-            procs[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        ]  # fmt: skip
+
+    def start(name: str, command: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "ab") as log:
+            return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    procs = {
+        "worker": start("worker", worker_command(args.concurrency)),
+        "bridge": start("bridge", [sys.executable, "manage.py", "mqtt_bridge"]),
+    }
     responders, stop = fleets_start(fleet_responder, mqtt_url, "vehicle", args.simulators)
-    rows = []
-    try:
-        _warm_up(procs)
+
+    def measure(n: int, repeat: int) -> dict:
+        """The raw round trip and the system, back to back, ``repeat`` times: the median try."""
         groups = {
             "worker": [procs["worker"].pid, *_children(procs["worker"].pid)],
             "bridge": [procs["bridge"].pid],
@@ -205,28 +214,47 @@ def main() -> None:
             "postgres": _postgres_pids(),
             "bench": [os.getpid()],
         }
-        for n in args.vehicles:
-            tries = []
-            for _ in range(args.repeat):
-                raw = raw_round_trip(mqtt_url, n, args.timeout, args.simulators)
-                before = cpu_snapshot(groups)
-                system = _system_run(n, args.timeout)
-                after = cpu_snapshot(groups)
-                system["cpu_s"] = {name: round(after[name] - before[name], 2) for name in groups}
-                tries.append((system["wall_s"] / raw["wall_s"], raw, system))
-            # The median try by ratio: raw and system measured back to back.
-            _ratio, raw, system = sorted(tries, key=lambda t: t[0])[len(tries) // 2]
-            system["tries"] = [
-                {"raw_s": t[1]["wall_s"], "system_s": t[2]["wall_s"], "ratio": round(t[0], 2)} for t in tries
-            ]
-            rows.append(
-                {
-                    "vehicles": n,
-                    "raw": raw,
-                    "system": system,
-                    "ratio": round(system["wall_s"] / raw["wall_s"], 2),
-                    "p99_ratio": round(system["p99_ms"] / raw["p99_ms"], 2),
-                }
+        tries = []
+        for _ in range(repeat):
+            raw = raw_round_trip(mqtt_url, n, args.timeout, args.simulators)
+            before = cpu_snapshot(groups)
+            system = _system_run(n, args.timeout)
+            after = cpu_snapshot(groups)
+            system["cpu_s"] = {name: round(after[name] - before[name], 2) for name in groups}
+            tries.append((system["wall_s"] / raw["wall_s"], raw, system))
+        # The median try by ratio: raw and system measured back to back.
+        _ratio, raw, system = sorted(tries, key=lambda t: t[0])[len(tries) // 2]
+        system["tries"] = [
+            {"raw_s": t[1]["wall_s"], "system_s": t[2]["wall_s"], "ratio": round(t[0], 2)} for t in tries
+        ]
+        return {
+            "vehicles": n,
+            "raw": raw,
+            "system": system,
+            "ratio": round(system["wall_s"] / raw["wall_s"], 2),
+            "p99_ratio": round(system["p99_ms"] / raw["p99_ms"], 2),
+        }
+
+    def worker_restart(concurrency: int) -> None:
+        procs["worker"].send_signal(signal.SIGTERM)
+        procs["worker"].wait(60)
+        procs["worker"] = start("worker", worker_command(concurrency))
+        _warm_up(procs)
+
+    rows, scaling = [], {}
+    try:
+        _warm_up(procs)
+        rows = [measure(n, args.repeat) for n in args.vehicles]
+        if args.scaling:
+            # The same fan-out with 1 then 2 worker processes (each restarted and warmed up).
+            for workers in (1, 2):
+                worker_restart(workers)
+                row = measure(args.scaling, 1)
+                row["worker_processes"] = workers
+                row["vehicles_per_s"] = round(row["system"]["acked"] / row["system"]["wall_s"], 1)
+                scaling[f"workers_{workers}"] = row
+            scaling["ratio"] = round(
+                scaling["workers_2"]["vehicles_per_s"] / scaling["workers_1"]["vehicles_per_s"], 2
             )
     finally:
         stop.set()
@@ -258,11 +286,20 @@ def main() -> None:
         "worker_processes": args.concurrency,
         "simulators": args.simulators,
         "runs": rows,
+        "scaling": scaling,
     }
     out.write_text(json.dumps(summary, indent=2))
     for row in rows:
         print(f"N={row['vehicles']}: tries {row['system']['tries']}")
         print(f"  CPU seconds during the median system run: {row['system']['cpu_s']}")
+    if scaling:
+        one, two = scaling["workers_1"], scaling["workers_2"]
+        print(
+            f"{args.scaling} vehicles: 1 worker process {one['vehicles_per_s']} vehicles/s "
+            f"({one['system']['wall_s']} s, raw {one['raw']['wall_s']} s), "
+            f"2 processes {two['vehicles_per_s']} "
+            f"vehicles/s ({two['system']['wall_s']} s, raw {two['raw']['wall_s']} s): x{scaling['ratio']}"
+        )
     print(f"written {out} (process logs in {logs})")
 
 
