@@ -173,8 +173,7 @@ def main() -> None:
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(env)  # this process is a platform process too (it submits the signals)
-    _ensure_database(args.database_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    database_migrate(args.database_url, env)
     print(f"[{time.perf_counter() - began:6.1f} s] database migrated", flush=True)
 
     import django
@@ -326,6 +325,14 @@ def _ensure_database(url: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def database_migrate(url: str, env: dict[str, str]) -> None:
+    """Create the bench database if missing and migrate it, unless the suite did
+    already (it sets BENCH_MIGRATED to the URL it migrated: one migrate, not one a step)."""
+    _ensure_database(url)
+    if os.environ.get("BENCH_MIGRATED") != url:
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
 
 
 def _warm_up(procs) -> None:

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database, free_port, percentile
+from bench.dispatch_fanout import ROOT, database_migrate, free_port, percentile
 
 
 def django_setup(database_url: str, name: str, **overrides: str) -> dict[str, str]:
@@ -34,8 +34,7 @@ def django_setup(database_url: str, name: str, **overrides: str) -> dict[str, st
         **overrides,
     }
     os.environ.update(env)
-    _ensure_database(database_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    database_migrate(database_url, env)
 
     import django
 

@@ -391,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in steps(args.quick, simulators) if not args.only or s.name.split("_")[0] in args.only]
     began = datetime.now(UTC)
     load_before = os.getloadavg()
+    if any(step.module != "plan" for step in chosen):
+        # One migrate for every step (each benchmark would run its own otherwise).
+        from bench.dispatch_fanout import database_migrate
+
+        database_migrate(args.database_url, {**env, "DJANGO_SETTINGS_MODULE": "v2g_project.settings"})
+        env["BENCH_MIGRATED"] = args.database_url
     benchmarks = {}
     for step in chosen:
         step_args = step.args

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.dispatch_fanout import RESULTS, ROOT, _ensure_database, start_broker
+from bench.dispatch_fanout import RESULTS, ROOT, database_migrate, start_broker
 
 
 def burst(url: str, vehicle_ids: list[str], qos: int) -> float:
@@ -93,8 +93,7 @@ def main() -> None:
         "K_LOGGING__LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "v2g_project.settings",
     }  # fmt: skip
     os.environ.update(env)
-    _ensure_database(args.database_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    database_migrate(args.database_url, env)
     import django
 
     django.setup()
