@@ -225,7 +225,8 @@ def main() -> None:
             tries.append((system["wall_s"] / raw["wall_s"], raw, system))
             print(
                 f"[{time.perf_counter() - began:6.1f} s] N={n}: raw {raw['wall_s']} s, "
-                f"system {system['wall_s']} s ({system['acked']} acked)",
+                f"system {system['wall_s']} s ({system['acked']} acked; allocation "
+                f"{system.get('allocation_s')} s, publishing {system.get('publishing_s')} s)",
                 flush=True,
             )
         # The median try by ratio: raw and system measured back to back.
@@ -373,7 +374,7 @@ def _fleet(n: int) -> str:
 
 
 def _system_run(n: int, timeout_s: float) -> dict:
-    from django.db.models import Count, Q
+    from django.db.models import Count, Max, Min, Q
 
     from dispatch import services
     from dispatch.models import Command, CommandStatus
@@ -403,12 +404,28 @@ def _system_run(n: int, timeout_s: float) -> dict:
     wall = time.perf_counter() - begin
     recorded = Command.objects.filter(dispatch=dispatch, latency_s__isnull=False)
     latencies = [value * 1000 for value in recorded.values_list("latency_s", flat=True)]
+    # Where the time went, from the database's own timestamps: signal accepted ->
+    # first command published (allocation), first -> last published (the workers'
+    # publishing), last published -> last ack recorded.
+    span = commands.aggregate(first=Min("published_at"), last=Max("published_at"), acked=Max("acked_at"))
+    phases = {}
+    if span["first"] and span["last"]:
+        publish_s = (span["last"] - span["first"]).total_seconds()
+        phases = {
+            "allocation_s": round((span["first"] - dispatch.created_at).total_seconds(), 3),
+            "publishing_s": round(publish_s, 3),
+            "published_per_s": round(n / publish_s, 1) if publish_s > 0 else None,
+            "last_ack_after_last_publish_s": round((span["acked"] - span["last"]).total_seconds(), 3)
+            if span["acked"]
+            else None,
+        }
     return {
         "vehicles": n,
         "acked": acked,
         "wall_s": round(wall, 3),
         "p50_ms": round(percentile(latencies, 0.5), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
+        **phases,
     }
 
 

@@ -236,6 +236,8 @@ def headline(benchmarks: dict[str, dict]) -> dict:
                     "raw_p99_ms": row["raw"]["p99_ms"],
                     "p50_ms": row["system"]["p50_ms"],
                     "p99_ms": row["system"]["p99_ms"],
+                    "allocation_s": row["system"].get("allocation_s"),
+                    "publishing_s": row["system"].get("publishing_s"),
                 }
             )
     figures["fanout"] = fanout
@@ -249,6 +251,7 @@ def headline(benchmarks: dict[str, dict]) -> dict:
                 "system_s": row["system"]["wall_s"],
                 "acked": row["system"]["acked"],
                 "vehicles_per_s": row["vehicles_per_s"],
+                "published_per_s": row["system"].get("published_per_s"),
                 "raw_s": row["raw"]["wall_s"],
             }
     if "ratio" in found:
@@ -323,7 +326,8 @@ def table(summary: dict) -> str:
         one, two = scaling["workers_1"], scaling["workers_2"]
         lines.append(
             f"| worker scaling, {one['vehicles']:,} vehicles | 1 worker process {one['vehicles_per_s']:,.0f} "
-            f"vehicles/s, 2: {two['vehicles_per_s']:,.0f} vehicles/s: **x{scaling['ratio']}** |"
+            f"vehicles/s, 2: {two['vehicles_per_s']:,.0f} vehicles/s: **x{scaling['ratio']}** "
+            f"(publishing {one['published_per_s'] or 0:,.0f} and {two['published_per_s'] or 0:,.0f}/s) |"
         )
     if "telemetry" in f:
         t = f["telemetry"]
