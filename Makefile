@@ -24,8 +24,8 @@ help:
 	@echo "make lint      ruff lint and format check; make check: migrations and Django checks"
 	@echo "make run-web | run-worker | run-beat | run-bridge   one process in the foreground"
 	@echo "make health    check database, broker, MQTT and a live worker"
-	@echo "make bench     every benchmark at full size (15-25 min): bench/results/summary.{json,md}"
-	@echo "make bench-quick  the same at tiny sizes (a smoke run, a minute or two)"
+	@echo "make bench     every benchmark at full size (4-10 min): bench/results/summary.{json,md}"
+	@echo "make bench-quick  the same at tiny sizes (a smoke run, 30-90 s)"
 
 $(VENV)/.installed: requirements.txt requirements-demo.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }

@@ -1,8 +1,8 @@
 """The benchmark suite: every benchmark of the project in one run, one results
 file and a short table.
 
-    python -m bench.suite            # full sizes (make bench): about 15-25 minutes on 2 cores
-    python -m bench.suite --quick    # tiny sizes (make bench-quick): about a minute, a smoke run
+    python -m bench.suite            # full sizes (make bench): 4 minutes on 2 cores (10 the first time)
+    python -m bench.suite --quick    # tiny sizes (make bench-quick): a smoke run, 30-90 s
 
 Each benchmark runs as its own process (as ``python -m bench.<name>``, the
 command bench/README.md lists), one after the other, on the same bench
