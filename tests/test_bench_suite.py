@@ -17,8 +17,6 @@ from django.conf import settings
 
 from tests.conftest import ROOT, database_url, subprocess_env
 
-pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
-
 
 def _bench_urls() -> tuple[str, str]:
     """A database and a Redis database of the bench's own, beside the tests' (the
@@ -40,6 +38,8 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@pytest.mark.services
+@pytest.mark.timeout(300)
 def test_quick_suite_writes_every_figure(tmp_path):
     bench_db, broker = _bench_urls()
     results = tmp_path / "results"
@@ -81,3 +81,35 @@ def test_quick_suite_writes_every_figure(tmp_path):
     # Each benchmark's own file is there as well (bench/README.md's commands write the same).
     for name in ("fanout", "telemetry_ingest", "status_api", "api_logs", "plan"):
         assert (results / f"{name}.json").exists(), name
+
+
+def test_headline_and_table_name_a_failed_step_and_keep_the_others():
+    """Pure: the summary of results where one step failed (no I/O)."""
+    from bench.suite import headline, table
+
+    run = {"wall_s": 2.0, "acked": 500, "p50_ms": 90.0, "p99_ms": 120.0, "published_per_s": 900.0}
+    raw = {"wall_s": 1.0, "p50_ms": 50.0, "p99_ms": 70.0}
+    benchmarks = {
+        "fanout": {
+            "result": {
+                "runs": [{"vehicles": 500, "raw": raw, "system": run, "ratio": 2.0}],
+                "scaling": {
+                    "workers_1": {"vehicles": 500, "raw": raw, "system": run, "vehicles_per_s": 250.0},
+                    "workers_2": {"vehicles": 500, "raw": raw, "system": run, "vehicles_per_s": 300.0},
+                    "ratio": 1.2,
+                },
+            },
+            "peak_rss_mb": {"worker": {"processes": 3, "max_process_mb": 140.0, "sum_mb": 400.0}},
+        },
+        "plan": {"error": "exit code 1; no plan.json written", "peak_rss_mb": {}},
+    }
+    figures = headline(benchmarks)
+    assert figures["fanout"][0]["ratio"] == 2.0 and figures["worker_scaling"]["ratio"] == 1.2
+    assert "plan" not in figures and figures["peak_rss_mb"] == {"worker": 140.0}
+    summary = {
+        "mode": "quick", "at": "2026-12-06T05:00:00", "benchmarks": benchmarks, "figures": figures,
+        "machine": {"cpus": 2, "load_before": [1.0], "load_after": [2.0]},
+    }  # fmt: skip
+    text = table(summary)
+    assert "ratio **2.0**" in text and "**x1.2**" in text and "worker 140" in text
+    assert "FAILED: plan" in text
