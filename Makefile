@@ -14,7 +14,7 @@ TEST_DATABASE_URL ?= postgres://v2g:v2g@127.0.0.1:5432/v2g
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: help venv services test test-fast e2e lint format check migrate demo run-web run-worker run-beat run-bridge health bench clean
+.PHONY: help venv services test test-fast e2e lint format check migrate demo run-web run-worker run-beat run-bridge health bench bench-quick clean
 
 help:
 	@echo "make demo      run web, worker, beat and MQTT bridge on embedded defaults"
@@ -24,7 +24,8 @@ help:
 	@echo "make lint      ruff lint and format check; make check: migrations and Django checks"
 	@echo "make run-web | run-worker | run-beat | run-bridge   one process in the foreground"
 	@echo "make health    check database, broker, MQTT and a live worker"
-	@echo "make bench     dispatch fan-out against the raw MQTT round trip (bench/results/)"
+	@echo "make bench     every benchmark at full size (4-10 min): bench/results/summary.{json,md}"
+	@echo "make bench-quick  the same at tiny sizes (a smoke run, 30-90 s)"
 
 $(VENV)/.installed: requirements.txt requirements-demo.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
@@ -91,9 +92,14 @@ run-bridge: venv
 health: venv
 	$(PY) manage.py health --worker
 
-# Benchmarks print figures and write bench/results/*.json (see bench/README.md).
+# Benchmarks print figures and write bench/results/*.json (see bench/README.md);
+# the suite runs them all and writes bench/results/summary.json and summary.md.
+BENCH_ARGS ?=
 bench: venv services
-	$(PY) -m bench.dispatch_fanout --vehicles 1000 10000
+	$(PY) -m bench.suite $(BENCH_ARGS)
+
+bench-quick: venv services
+	$(PY) -m bench.suite --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf var/celery .pytest_cache coverage

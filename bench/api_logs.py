@@ -26,10 +26,9 @@ import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
-from bench.dispatch_fanout import ROOT, percentile
+from bench.dispatch_fanout import RESULTS, percentile
 from bench.http import django_setup, gunicorn, session_cookie, time_get
 
-RESULTS = ROOT / "bench" / "results"
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 TYPES = ("FCR", "aFRR", "mFRR", "MA", "NEBEF", "EcoWatt")
 

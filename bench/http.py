@@ -1,5 +1,5 @@
 """What the API benchmarks share: a migrated bench database with Django set up,
-a staff session, a gunicorn server on a free loopback port, and timing
+a superuser session, a gunicorn server on a free loopback port, and timing
 repeated GETs."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database, free_port, percentile
+from bench.dispatch_fanout import ROOT, database_migrate, free_port, percentile
 
 
 def django_setup(database_url: str, name: str, **overrides: str) -> dict[str, str]:
@@ -34,8 +34,7 @@ def django_setup(database_url: str, name: str, **overrides: str) -> dict[str, st
         **overrides,
     }
     os.environ.update(env)
-    _ensure_database(database_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    database_migrate(database_url, env)
 
     import django
 
@@ -44,14 +43,17 @@ def django_setup(database_url: str, name: str, **overrides: str) -> dict[str, st
 
 
 def session_cookie() -> str:
-    """A logged-in staff session (Django must be set up) as a Cookie header value."""
+    """A logged-in superuser session (Django must be set up) as a Cookie header value."""
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_staff": True})
-    if not user.is_staff:
-        user.is_staff = True
-        user.save(update_fields=["is_staff"])
+    # A superuser: it sees every fleet (a staff user sees only the fleets its operator access grants).
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench", defaults={"is_staff": True, "is_superuser": True}
+    )
+    if not (user.is_staff and user.is_superuser):
+        user.is_staff = user.is_superuser = True
+        user.save(update_fields=["is_staff", "is_superuser"])
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"

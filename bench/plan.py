@@ -28,7 +28,7 @@ from pathlib import Path
 from scheduler.domain import PlanInput, PlanVehicle, day_slots, generate_plan, plan_check
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
 DAY = date(2025, 6, 3)  # an ordinary Tuesday: 96 quarter-hours
 
 

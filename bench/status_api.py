@@ -21,10 +21,8 @@ import platform
 import time
 from datetime import UTC, datetime, timedelta
 
-from bench.dispatch_fanout import ROOT
+from bench.dispatch_fanout import RESULTS
 from bench.http import django_setup, gunicorn, session_cookie, time_get
-
-RESULTS = ROOT / "bench" / "results"
 
 
 def _fleet(n: int, history_days: int) -> str:

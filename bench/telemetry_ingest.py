@@ -24,9 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.dispatch_fanout import ROOT, _ensure_database, start_broker
-
-RESULTS = ROOT / "bench" / "results"
+from bench.dispatch_fanout import RESULTS, ROOT, database_migrate, start_broker
 
 
 def burst(url: str, vehicle_ids: list[str], qos: int) -> float:
@@ -95,8 +93,7 @@ def main() -> None:
         "K_LOGGING__LEVEL": "WARNING", "DJANGO_SETTINGS_MODULE": "v2g_project.settings",
     }  # fmt: skip
     os.environ.update(env)
-    _ensure_database(args.database_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    database_migrate(args.database_url, env)
     import django
 
     django.setup()
@@ -153,7 +150,7 @@ def main() -> None:
         f"{args.vehicles:>7} {args.qos:>3} {raw['per_s']:>11} {raw['received']:>8} "
         f"{recorded:>9} {result['system']['wall_s']:>7} {result['system']['per_s']:>9}"
     )
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "telemetry_ingest.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"written {out}")

@@ -287,8 +287,15 @@ def vehicle_states(
     ).values_list(*VEHICLE_COLUMNS)
     if with_history:
         rows = list(rows)
+    # Commitments and history of these vehicles only: the commands of every other
+    # fleet in force (50,000 of them after a big round elsewhere) are not this
+    # round's business, and loading them made a 1,000-vehicle round cost as much
+    # as the whole platform's commands.
+    commands = Command.objects.all()
+    if signal.fleet_id or signal.vehicle_ids is not None:
+        commands = commands.filter(vehicle_id__in=vehicles.values("id"))
     committed = set(
-        Command.objects.filter(valid_until__gt=now, status__in=(*OPEN_COMMAND, CommandStatus.ACKED))
+        commands.filter(valid_until__gt=now, status__in=(*OPEN_COMMAND, CommandStatus.ACKED))
         .exclude(dispatch__signal_id=signal.id)
         .values_list("vehicle_id", flat=True)
     )
@@ -296,7 +303,7 @@ def vehicle_states(
     if with_history:
         history = {
             vehicle_id: (total, acked)
-            for vehicle_id, total, acked in Command.objects.filter(valid_until__gte=now - timedelta(days=1))
+            for vehicle_id, total, acked in commands.filter(valid_until__gte=now - timedelta(days=1))
             .values("vehicle_id")
             .annotate(total=Count("id"), acked=Count("id", filter=Q(status=CommandStatus.ACKED)))
             .values_list("vehicle_id", "total", "acked")
