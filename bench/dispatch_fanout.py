@@ -179,12 +179,16 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.conf import settings
+
     from bench.mqtt_roundtrip import fleets_start
     from bench.mqtt_roundtrip import run as raw_round_trip
     from v2g_project.celery import app
+    from v2g_project.queues import queue_names
 
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(app.conf.task_default_queue)
+        for name in queue_names(settings.V2G.celery):  # every queue a task is routed to
+            conn.default_channel.queue_purge(name)
     logs = workdir / "logs"
     logs.mkdir()
 

@@ -75,9 +75,7 @@ class MqttConfig(Section):
     # The MQTT bridge's own, stable client id: its broker session (clean
     # session off) keeps the QoS 1 acks that arrive while it is down. Empty:
     # "{client_id}-bridge". Several bridges on one broker need one id each.
-    bridge_client_id: str = Field(
-        "", max_length=100, pattern=r"^(?:[A-Za-z0-9._:-]|\{hostname\})*$"
-    )
+    bridge_client_id: str = Field("", max_length=100, pattern=r"^(?:[A-Za-z0-9._:-]|\{hostname\})*$")
     username: str = ""
     password: SecretStr = SecretStr("")
     auth_method: Literal["none", "password", "tls"] = "none"
