@@ -75,3 +75,32 @@ def test_bad_payloads_are_refused_with_their_reason(raw, reason):
 def test_brackets_inside_strings_do_not_count_as_nesting():
     payload = {"command_id": "x", "reason": "[[[[{{{{" * 10, "nested": {"a": {"b": [1]}}}
     assert payload_decode(json.dumps(payload).encode()) == payload
+
+
+@pytest.mark.parametrize("group", ["", "v2g-bridges"])
+def test_the_bridge_keeps_a_broker_session_of_its_own_on_mqtt_3_and_5(group):
+    """One stable id per host ("{hostname}", so replicas of one compose service
+    never take each other's session), and a kept session on both protocols:
+    MQTT 3.1.1's clean-session flag off, or MQTT 5's (which shared
+    subscriptions need) clean_start off with a session expiry."""
+    import socket
+
+    import paho.mqtt.client as paho
+
+    from v2g_project import mqtt
+
+    config = Config.model_validate(
+        {"mqtt": {"bridge_client_id": "v2g-bridge-{hostname}", "shared_group": group}}
+    )
+    bridge = Bridge(config, [])
+    assert bridge.client_id == f"v2g-bridge-{socket.gethostname()}"
+    assert bridge.client._client_id == bridge.client_id.encode()
+    args = mqtt.connect_args(bridge.client)
+    if group:
+        assert bridge.client._protocol == paho.MQTTv5
+        assert args["clean_start"] is False
+        assert args["properties"].SessionExpiryInterval == mqtt.SESSION_EXPIRY_S
+    else:
+        assert bridge.client._protocol == paho.MQTTv311
+        assert bridge.client._clean_session is False
+        assert args == {}
