@@ -58,7 +58,11 @@ def free_port() -> int:
 
 def subprocess_env(**overrides: str) -> dict[str, str]:
     """The environment for a child process of the project: ours, plus overrides;
-    a value of "" removes the variable."""
+    a value of "" removes the variable. K_CELERY__DEFAULT_QUEUE (a test's own
+    queue) routes every task class there too (``queue_env``), unless the
+    overrides name a class's queue themselves."""
+    if overrides.get("K_CELERY__DEFAULT_QUEUE"):
+        overrides = {**queue_env(overrides["K_CELERY__DEFAULT_QUEUE"]), **overrides}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "v2g_project.settings"}
     for key, value in overrides.items():
         if value == "":
@@ -253,8 +257,6 @@ def start_worker(
     """A real Celery worker process (prefork) on ``queue`` (a comma-separated
     list: several), using the same broker and the same test database as the
     tests. With K_CELERY__DEFAULT_QUEUE, its routed tasks go there too."""
-    if "K_CELERY__DEFAULT_QUEUE" in env:
-        env = {**queue_env(env["K_CELERY__DEFAULT_QUEUE"]), **env}
     environment = subprocess_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]),
         # ``env`` may name another broker (tests/reliability run a Redis of their own).
