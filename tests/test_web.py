@@ -51,6 +51,23 @@ def test_readyz_is_503_and_names_mqtt_when_the_broker_is_down(client, settings):
 
 @pytest.mark.services
 @pytest.mark.django_db
+def test_readyz_names_the_tls_file_key_that_cannot_be_loaded(client, settings, tmp_path):
+    missing = tmp_path / "ca.crt"
+    settings.V2G = replace(
+        settings.V2G, mqtt=replace(settings.V2G.mqtt, url="ssl://127.0.0.1:8883", ca_bundle=str(missing))
+    )
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503
+    assert body["failing"] == ["mqtt"]
+    assert (
+        body["checks"]["mqtt"]["error"] == f"mqtt.ca_bundle: cannot read {missing}: No such file or directory"
+    )
+    _assert_alive(client)
+
+
+@pytest.mark.services
+@pytest.mark.django_db
 def test_readyz_is_503_and_names_the_celery_broker_when_it_is_down(client, settings):
     port = free_port()
     settings.CELERY_BROKER_URL = f"redis://:pa55word@127.0.0.1:{port}/0"

@@ -8,6 +8,7 @@ chosen with $V2G_CONFIG for Celery processes (Celery's own -c is concurrency).
 from __future__ import annotations
 
 import os
+import sys
 
 from celery import Celery
 from celery.signals import (
@@ -19,6 +20,7 @@ from celery.signals import (
     task_retry,
     task_revoked,
     task_success,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
 )
@@ -28,6 +30,24 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "v2g_project.settings")
 app = Celery("v2g_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["v2g_project", "fleet", "telemetry", "dispatch", "scheduler", "kpis"])
+
+
+@worker_init.connect
+def _check_tls_files(**_: object) -> None:
+    # In the worker's main process, before any pool process starts: a TLS file
+    # that cannot be loaded stops the worker naming its key (exit 2, as a bad
+    # value in the configuration), instead of failing every publish later.
+    from django.conf import settings
+
+    from v2g_project import mqtt
+    from v2g_project.config import ConfigError
+
+    try:
+        mqtt.tls_check(settings.V2G.mqtt)
+    except ConfigError as exc:
+        sys.stderr.write(f"v2g: {exc}\n")
+        sys.stderr.flush()
+        os._exit(2)
 
 
 @worker_process_init.connect

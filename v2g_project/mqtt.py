@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from v2g_project.config import MqttConfig
+from v2g_project.config import ConfigError, MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,52 @@ def _nodelay(_client: paho.Client, _userdata: object, sock: socket.socket) -> No
         log.debug("TCP_NODELAY not settable on %r", sock)
 
 
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would prompt for a passphrase on the terminal.
+    raise ConfigError("mqtt.client_key: the private key is encrypted; give an unencrypted PEM key")
+
+
+def _readable(key: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"mqtt.{key}: cannot read {path}: {exc.strerror}") from None
+
+
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cfg.ca_bundle or None)
+    """The TLS settings of every client; a bad file raises ConfigError naming
+    its key (mqtt.ca_bundle, mqtt.client_cert, mqtt.client_key), not OpenSSL's
+    bare "No such file or directory"."""
+    if cfg.ca_bundle:
+        _readable("ca_bundle", cfg.ca_bundle)
+    try:
+        context = ssl.create_default_context(cafile=cfg.ca_bundle or None)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"mqtt.ca_bundle: {cfg.ca_bundle} holds no usable PEM CA certificate ({exc.reason or exc})"
+        ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.client_cert:
-        context.load_cert_chain(cfg.client_cert, cfg.client_key or None)
+        _readable("client_cert", cfg.client_cert)
+        if cfg.client_key:
+            _readable("client_key", cfg.client_key)
+        try:
+            context.load_cert_chain(cfg.client_cert, cfg.client_key or None, password=_no_passphrase)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"mqtt.client_cert, mqtt.client_key: {cfg.client_cert} and {cfg.client_key or '(no key)'} "
+                f"are not a PEM certificate and its unencrypted private key ({exc.reason or exc})"
+            ) from None
     return context
+
+
+def tls_check(cfg: MqttConfig) -> None:
+    """Load the configured TLS files once, at a process's start-up, so that a
+    bad path stops it with the key named rather than failing every connection
+    later. Raises ConfigError; nothing to do when TLS is off."""
+    if cfg.tls:
+        _tls_context(cfg)
 
 
 def client_create(

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from v2g_project import mqtt
+from v2g_project.config import ConfigError
 from v2g_project.health import run_checks
 
 
@@ -56,12 +57,12 @@ class Command(BaseCommand):
         cfg = settings.V2G.mqtt
         topic = f"v2g/health/{secrets.token_hex(6)}"
         heard = threading.Event()
-        client = mqtt.client_create(cfg, "health", will=False)
-        client.on_message = lambda *_: heard.set()
         try:
+            client = mqtt.client_create(cfg, "health", will=False)
+            client.on_message = lambda *_: heard.set()
             mqtt.connect(client, cfg, timeout_s=min(timeout, cfg.connect_timeout_s))
             client.subscribe(topic, qos=1)
-        except mqtt.MqttUnavailable:
+        except (mqtt.MqttUnavailable, ConfigError):  # the mqtt check reports which
             client, topic = None, ""  # still check the worker itself
         try:
             answer = health_ping.apply_async(
