@@ -8,7 +8,6 @@ chosen with $V2G_CONFIG for Celery processes (Celery's own -c is concurrency).
 from __future__ import annotations
 
 import os
-import sys
 
 from celery import Celery
 from celery.signals import (
@@ -35,19 +34,13 @@ app.autodiscover_tasks(["v2g_project", "fleet", "telemetry", "dispatch", "schedu
 @worker_init.connect
 def _check_tls_files(**_: object) -> None:
     # In the worker's main process, before any pool process starts: a TLS file
-    # that cannot be loaded stops the worker naming its key (exit 2, as a bad
-    # value in the configuration), instead of failing every publish later.
+    # that cannot be loaded stops the worker naming its key, instead of failing
+    # every publish later.
     from django.conf import settings
 
     from v2g_project import mqtt
-    from v2g_project.config import ConfigError
 
-    try:
-        mqtt.tls_check(settings.V2G.mqtt)
-    except ConfigError as exc:
-        sys.stderr.write(f"v2g: {exc}\n")
-        sys.stderr.flush()
-        os._exit(2)
+    mqtt.tls_check_or_exit(settings.V2G.mqtt)
 
 
 @worker_process_init.connect

@@ -23,6 +23,7 @@ import secrets
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -124,6 +125,16 @@ def tls_check(cfg: MqttConfig) -> None:
     later. Raises ConfigError; nothing to do when TLS is off."""
     if cfg.tls:
         _tls_context(cfg)
+
+
+def tls_check_or_exit(cfg: MqttConfig) -> None:
+    """``tls_check`` for a process's start-up (worker, bridge): a bad file stops
+    it as a bad configuration value does (settings.py), the key named, exit 2."""
+    try:
+        tls_check(cfg)
+    except ConfigError as exc:
+        sys.stderr.write(f"v2g: {exc}\n")
+        raise SystemExit(2) from None
 
 
 def client_create(

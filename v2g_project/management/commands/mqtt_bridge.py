@@ -19,7 +19,6 @@ from prometheus_client import start_http_server
 
 from v2g_project import heartbeat, mqtt
 from v2g_project.bridge import Bridge, routes_load
-from v2g_project.config import ConfigError
 from v2g_project.mqtt import MqttUnavailable
 
 HEARTBEAT_EVERY_S = 5.0
@@ -46,11 +45,7 @@ class Command(BaseCommand):
         if batch_size < 1 or batch_wait_ms < 0:
             raise CommandError("--batch-size must be >= 1 and --batch-wait-ms >= 0")
         config = settings.V2G
-        try:
-            mqtt.tls_check(config.mqtt)
-        except ConfigError as exc:  # as a bad value in the configuration file: key named, exit 2
-            sys.stderr.write(f"v2g: {exc}\n")
-            raise SystemExit(2) from None
+        mqtt.tls_check_or_exit(config.mqtt)
         # The network thread must not wait 5 ms (CPython's default switch
         # interval) for the GIL each time the handler thread runs a batch: at
         # 10,000 acks that wait, not CPU, made the bridge lag the vehicles.
